@@ -1,0 +1,70 @@
+"""Stage 5 of the pipeline: what a request used and cost, written down once.
+
+One structured log line per request: ids, model, tier, rule, status, latency and tokens. Never
+message content, never keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from router.decide import Decision
+from router.forward import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One finished request as the account stage sees it."""
+
+    request_id: str
+    method: str
+    path: str
+    status: int
+    decision: Decision | None
+    requested_model: str | None
+    outcome: Outcome | None
+    seconds: float
+    error_type: str | None = None
+
+
+def log_fields(record: Record) -> dict[str, Any]:
+    """Return the fields of the request's log line."""
+    fields: dict[str, Any] = {
+        "event": "request",
+        "request_id": record.request_id,
+        "method": record.method,
+        "path": record.path,
+        "status": record.status,
+        "latency_ms": round(record.seconds * 1000, 3),
+    }
+    if record.decision is not None:
+        fields["requested_model"] = record.requested_model
+        fields["model"] = record.decision.model
+        fields["tier"] = record.decision.tier or "other"
+        fields["rule"] = record.decision.rule
+    outcome = record.outcome
+    if outcome is not None:
+        fields["upstream_request_id"] = outcome.upstream_request_id
+        fields["stream"] = outcome.stream
+        fields["upstream_ms"] = round(outcome.upstream_seconds * 1000, 3)
+        if outcome.first_byte_seconds is not None:
+            fields["first_byte_ms"] = round(outcome.first_byte_seconds * 1000, 3)
+        usage = outcome.usage
+        fields["input_tokens"] = usage.input_tokens
+        fields["output_tokens"] = usage.output_tokens
+        fields["cache_read_tokens"] = usage.cache_read_input_tokens
+        fields["cache_write_tokens"] = usage.cache_creation_input_tokens
+        if outcome.client_disconnected:
+            fields["client_disconnected"] = True
+    error_type = record.error_type or (outcome.error_type if outcome else None)
+    if error_type:
+        fields["error_type"] = error_type
+    return fields
+
+
+def account(record: Record, logger: logging.Logger) -> None:
+    """Write the request's log line."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(log_fields(record))

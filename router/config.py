@@ -1,0 +1,223 @@
+"""``router.yaml``: the typed configuration, decoded and validated once at load.
+
+Every section is a frozen msgspec Struct that rejects unknown keys, so a typo is an error at load
+time instead of a setting that silently does nothing. :func:`load_config` reports the YAML line of
+the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+Tier = Literal["haiku", "sonnet", "opus"]
+TIERS: tuple[Tier, ...] = ("haiku", "sonnet", "opus")
+"""The tiers, cheapest first: comparisons on tiers use this order."""
+
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class UpstreamConfig(_Section, kw_only=True):
+    """Where and how the proxy talks to the Messages API."""
+
+    base_url: str = "https://api.anthropic.com"
+    """Root URL of the upstream API; the env var ROUTER_UPSTREAM_URL overrides it."""
+    trust_env: bool = False
+    """Honour HTTP_PROXY/HTTPS_PROXY. Off by default: corporate proxies break TLS to the API."""
+    connect_timeout: float = 5.0
+    """Seconds to open a TCP/TLS connection to the upstream."""
+    read_timeout: float = 600.0
+    """Seconds the upstream may stay silent: before the first byte, and between stream chunks."""
+    max_connections: int = 1000
+    """Size of the keep-alive pool, per worker."""
+
+
+class TierConfig(_Section, kw_only=True):
+    """One tier: the model it sends to and the requested models that belong to it."""
+
+    model: str
+    """The model id requests routed to this tier are sent to."""
+    context_window: int = 200_000
+    """Input tokens the tier's model holds; larger requests are never sent to it."""
+    members: tuple[str, ...] = ()
+    """Globs of requested model ids that count as this tier (e.g. ``claude-haiku-*``)."""
+
+
+class ServerConfig(_Section, kw_only=True):
+    """Limits of the HTTP surface."""
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    """Largest request body accepted (the API's own limit is 32 MB)."""
+
+
+class Config(_Section, kw_only=True):
+    """The whole of ``router.yaml``."""
+
+    version: int = 1
+    upstream: UpstreamConfig = UpstreamConfig()
+    server: ServerConfig = ServerConfig()
+    tiers: dict[Tier, TierConfig]
+
+    def tier_model(self, tier: Tier) -> str:
+        """Return the model id a tier sends to."""
+        return self.tiers[tier].model
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config with where it came from."""
+
+    config: Config
+    source: str
+    """The file path, or ``<embedded default>``."""
+    sha256: str
+    """Hash of the file's bytes, exported so dashboards can tell which config is live."""
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or invalid; ``problems`` holds one line each."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+def default_config_text() -> str:
+    """Return the embedded default ``router.yaml`` shipped inside the package."""
+    return resources.files("router").joinpath(DEFAULT_CONFIG_NAME).read_text("utf-8")
+
+
+def resolve_config_path(path: str | None) -> str | None:
+    """Return the config file to load: ``path``, else $ROUTER_CONFIG, else ./router.yaml if it
+    exists, else None (meaning the embedded default)."""
+    if path:
+        return path
+    env = os.environ.get("ROUTER_CONFIG")
+    if env:
+        return env
+    return "router.yaml" if Path("router.yaml").is_file() else None
+
+
+def load_config(path: str | None = None) -> LoadedConfig:
+    """Read, decode and validate a config file (or the embedded default when ``path`` is None).
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid; the message names the key and line.
+    """
+    source = path or "<embedded default>"
+    try:
+        text = Path(path).read_text("utf-8") if path else default_config_text()
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror or exc}"]) from exc
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> LoadedConfig:
+    """Decode and validate config text. See :func:`load_config`."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}".replace("\n", " ")]) from exc
+    lines = _key_lines(node) if node is not None else {}
+    try:
+        config = msgspec.convert(data if data is not None else {}, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(source, [_located(str(exc), lines)]) from exc
+    problems = semantic_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    override = os.environ.get("ROUTER_UPSTREAM_URL")
+    if override:
+        config = msgspec.structs.replace(
+            config, upstream=msgspec.structs.replace(config.upstream, base_url=override)
+        )
+    return LoadedConfig(config, source, hashlib.sha256(text.encode()).hexdigest())
+
+
+def semantic_problems(config: Config) -> list[str]:
+    """Return what is wrong with a config that decoded fine (missing tiers, bad values)."""
+    problems = [f"tiers.{t}: missing" for t in TIERS if t not in config.tiers]
+    for name, tier in config.tiers.items():
+        if not tier.model:
+            problems.append(f"tiers.{name}.model: empty")
+        if tier.context_window <= 0:
+            problems.append(f"tiers.{name}.context_window: must be positive")
+    if not config.upstream.base_url.startswith(("http://", "https://")):
+        problems.append("upstream.base_url: must start with http:// or https://")
+    if config.server.max_body_bytes <= 0:
+        problems.append("server.max_body_bytes: must be positive")
+    return problems
+
+
+def _key_lines(node: yaml.Node, prefix: str = "$") -> dict[str, int]:
+    """Map msgspec-style paths (``$.tiers.haiku.model``, ``$.rules[2]``) to 1-based YAML lines."""
+    found: dict[str, int] = {prefix: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}.{key.value}"
+            found[path] = key.start_mark.line + 1
+            found.update({k: v for k, v in _key_lines(value, path).items() if k != path})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found.update(_key_lines(item, f"{prefix}[{i}]"))
+    return found
+
+
+def _located(message: str, lines: dict[str, int]) -> str:
+    """Rewrite a msgspec error ``… - at `$.a.b` `` as ``a.b (line N): …``."""
+    text, sep, where = message.rpartition(" - at `")
+    if not sep:
+        return message
+    where = where.rstrip("`")
+    if where.startswith("key` in `"):
+        # A bad mapping key: name the key itself.
+        where = where.removeprefix("key` in `") + "." + text.rpartition(" ")[2].strip("'")
+    elif text.startswith("Object contains unknown field"):
+        # msgspec reports the parent's path; name the offending key itself.
+        where = f"{where}.{text.split('`')[1]}"
+    path = _concrete_path(where, lines)
+    line = _nearest_line(path, lines)
+    label = path.removeprefix("$").removeprefix(".") or "(top level)"
+    return f"{label} (line {line}): {text}" if line else f"{label}: {text}"
+
+
+def _concrete_path(path: str, lines: dict[str, int]) -> str:
+    """Fill msgspec's ``[...]`` (an unnamed mapping key) with the first key in the file that fits."""
+    if "[...]" not in path:
+        return path
+    pattern = re.compile(
+        "".join(r"\.[^.\[]+" if part == "[...]" else re.escape(part)
+                for part in re.split(r"(\[\.\.\.\])", path))
+    )
+    return next((known for known in lines if pattern.fullmatch(known)), path)
+
+
+def _nearest_line(path: str, lines: dict[str, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        if cut <= 0:
+            break
+        path = path[:cut]
+    return lines.get("$")
+
+
+def config_as_dict(config: Config) -> dict[str, Any]:
+    """Return the config as plain data (for ``router check --json``)."""
+    result: dict[str, Any] = msgspec.to_builtins(config)
+    return result
