@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response, get
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from router.config import LoadedConfig, load_config, resolve_config_path
 from router.errors import error_body, new_request_id
-from router.forward import Send, Upstream
-from router.body import Receive
+from router.forward import Upstream
 from router.pipeline import Endpoint, RouterState, proxy
 
 _ERROR_TYPES = {
@@ -35,11 +35,27 @@ def _state(scope: dict[str, Any]) -> RouterState:
 
 
 def _proxied(path: str, endpoint: Endpoint) -> Any:
-    async def handler(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
         await proxy(_state(scope), endpoint, scope, receive, send)
 
-    handler.__name__ = f"proxy_{endpoint.value}_{path.count('/')}"
-    return asgi(path, copy_scope=False, name=handler.__name__)(handler)
+    return asgi(path, copy_scope=False, name=f"proxy_{endpoint.value}")(handler)
+
+
+def _proxied_tree(root: str, endpoint: Endpoint) -> Any:
+    """Proxy ``root`` and everything under it (``/v1/models/{id}``).
+
+    A mount, because Litestar's ASGI handlers cannot take path parameters; the mount strips the
+    prefix from ``scope["path"]``, so it is put back before forwarding.
+    """
+
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
+        rest = scope["path"].rstrip("/")
+        if rest and not rest.startswith("/"):  # "/v1/modelsX" also reaches a mount
+            raise NotFoundException()
+        scope["path"] = root + rest
+        await proxy(_state(scope), endpoint, scope, receive, send)
+
+    return asgi(root, is_mount=True, copy_scope=True, name=f"proxy_{endpoint.value}")(handler)
 
 
 @get("/healthz", sync_to_thread=False)
@@ -74,6 +90,21 @@ def _anthropic_error(request: Request[Any, Any, Any], exc: HTTPException) -> Res
     )
 
 
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Log an unexpected failure and answer a retryable 500 that reveals nothing of it."""
+    rid = new_request_id()
+    logging.getLogger("router.app").error(
+        {"event": "internal_error", "request_id": rid, "path": request.url.path},
+        exc_info=exc,
+    )
+    return Response(
+        error_body("api_error", "internal error in the routing proxy", rid),
+        status_code=500,
+        media_type="application/json",
+        headers={"request-id": rid},
+    )
+
+
 def create_app(loaded: LoadedConfig | None = None) -> Litestar:
     """Build the proxy application.
 
@@ -97,13 +128,12 @@ def create_app(loaded: LoadedConfig | None = None) -> Litestar:
         route_handlers=[
             _proxied("/v1/messages", Endpoint.MESSAGES),
             _proxied("/v1/messages/count_tokens", Endpoint.COUNT_TOKENS),
-            _proxied("/v1/models", Endpoint.MODELS),
-            _proxied("/v1/models/{model_id:str}", Endpoint.MODELS),
+            _proxied_tree("/v1/models", Endpoint.MODELS),
             healthz,
             readyz,
         ],
         lifespan=[lifespan],
-        exception_handlers={HTTPException: _anthropic_error},
+        exception_handlers={HTTPException: _anthropic_error, Exception: _internal_error},
         openapi_config=None,
         logging_config=None,
     )

@@ -13,7 +13,9 @@ import click
 
 from router.config import ConfigError, config_as_dict, load_config, resolve_config_path
 
-CONFIG_HELP = "Config file [default: $ROUTER_CONFIG, else ./router.yaml, else the embedded default]."
+CONFIG_HELP = (
+    "Config file [default: $ROUTER_CONFIG, else ./router.yaml, else the embedded default]."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -29,7 +29,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class UpstreamConfig(_Section, kw_only=True):
+class UpstreamConfig(_Section, frozen=True, kw_only=True):
     """Where and how the proxy talks to the Messages API."""
 
     base_url: str = "https://api.anthropic.com"
@@ -44,7 +44,7 @@ class UpstreamConfig(_Section, kw_only=True):
     """Size of the keep-alive pool, per worker."""
 
 
-class TierConfig(_Section, kw_only=True):
+class TierConfig(_Section, frozen=True, kw_only=True):
     """One tier: the model it sends to and the requested models that belong to it."""
 
     model: str
@@ -55,14 +55,14 @@ class TierConfig(_Section, kw_only=True):
     """Globs of requested model ids that count as this tier (e.g. ``claude-haiku-*``)."""
 
 
-class ServerConfig(_Section, kw_only=True):
+class ServerConfig(_Section, frozen=True, kw_only=True):
     """Limits of the HTTP surface."""
 
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body accepted (the API's own limit is 32 MB)."""
 
 
-class Config(_Section, kw_only=True):
+class Config(_Section, frozen=True, kw_only=True):
     """The whole of ``router.yaml``."""
 
     version: int = 1
@@ -196,7 +196,7 @@ def _located(message: str, lines: dict[str, int]) -> str:
 
 
 def _concrete_path(path: str, lines: dict[str, int]) -> str:
-    """Fill msgspec's ``[...]`` (an unnamed mapping key) with the first key in the file that fits."""
+    """Fill msgspec's ``[...]`` (an unnamed mapping key) with the first key that fits."""
     if "[...]" not in path:
         return path
     pattern = re.compile(

@@ -25,7 +25,7 @@ class Decision:
 def tier_of_model(config: Config, model: str) -> Tier | None:
     """Return the tier a model id belongs to: a tier's own model, a member glob, or a tier name."""
     if model in config.tiers:
-        return model  # type: ignore[return-value]  # a tier name used as a model alias
+        return model  # a tier name used as a model alias
     for tier in TIERS:
         if config.tiers[tier].model == model:
             return tier
@@ -38,6 +38,6 @@ def tier_of_model(config: Config, model: str) -> Tier | None:
 def requested_decision(config: Config, requested: str) -> Decision:
     """Return the decision that keeps the requested model (a tier name maps to its model)."""
     if requested in config.tiers:
-        tier: Tier = requested  # type: ignore[assignment]
+        tier: Tier = requested
         return Decision(config.tier_model(tier), tier, "alias", f"'{requested}' names a tier")
     return Decision(requested, tier_of_model(config, requested), "passthrough", "requested model")

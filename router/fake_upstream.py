@@ -49,6 +49,7 @@ __all__ = [
     "Reply",
     "Stall",
     "StreamError",
+    "estimate_input_tokens",
     "main",
     "running_fake",
 ]
@@ -57,8 +58,7 @@ SUPPORTED_VERSIONS = frozenset({"2023-06-01", "2026-10-21"})
 _V2026 = "2026-10-21"
 # The 2026-10-21 version removed the sampling knobs; sending any of them is a 400.
 _REMOVED_IN_2026 = ("temperature", "top_p", "top_k")
-# The real API refuses bodies over 32 MB (spec §1.1); one extra MiB of slack keeps the
-# boundary on the fake's side, so a proxy test can still provoke the 413.
+# The real API refuses bodies over 32 MB with a 413 (spec §1.1).
 _MAX_BODY = 32 * 1024 * 1024
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _INPUT_JSON_CHUNK = 10
@@ -261,6 +261,7 @@ class Malformed:
     content_type: str = "application/json"
 
 
+# Anything FakeUpstream.script() accepts; each item answers exactly one POST /v1/messages.
 Behaviour = Reply | Fail | Stall | Drop | StreamError | Malformed
 
 
@@ -282,6 +283,16 @@ def _stable_id(prefix: str, seed: bytes, length: int = 24) -> str:
 
 def _encode(value: Any) -> bytes:
     return msgspec.json.encode(value)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
+def _default_header(headers: dict[str, str], name: str, value: str) -> None:
+    if _header(headers, name) is None:
+        headers[name] = value
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -341,8 +352,10 @@ def _merge_usage(defaults: dict[str, Any], override: Mapping[str, Any]) -> dict[
     total = override.get("cache_creation_input_tokens")
     split = override.get("cache_creation")
     if isinstance(total, int) and split is None and "cache_creation" in usage:
-        usage["cache_creation"] = {"ephemeral_5m_input_tokens": total,
-                                   "ephemeral_1h_input_tokens": 0}
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": total,
+            "ephemeral_1h_input_tokens": 0,
+        }
     elif isinstance(split, Mapping) and "cache_creation_input_tokens" not in override:
         parts = usage["cache_creation"].values()
         usage["cache_creation_input_tokens"] = sum(v for v in parts if isinstance(v, int))
@@ -413,26 +426,90 @@ class _ModelSpec:
 
 # Newest first, the order the real list endpoint uses.
 _CATALOG: tuple[_ModelSpec, ...] = (
-    _ModelSpec("claude-haiku-5-5", "Claude Haiku 5.5", "2026-10-07T00:00:00Z",
-               1_000_000, 128_000, "haiku", adaptive_only=True),
-    _ModelSpec("claude-opus-5-5", "Claude Opus 5.5", "2026-09-22T00:00:00Z",
-               1_000_000, 128_000, "opus", adaptive_only=True),
-    _ModelSpec("claude-opus-5", "Claude Opus 5", "2026-07-24T00:00:00Z",
-               1_000_000, 128_000, "opus", adaptive_only=True),
-    _ModelSpec("claude-sonnet-5", "Claude Sonnet 5", "2026-06-30T00:00:00Z",
-               1_000_000, 128_000, "sonnet", adaptive_only=True),
-    _ModelSpec("claude-opus-4-8", "Claude Opus 4.8", "2026-05-28T00:00:00Z",
-               1_000_000, 128_000, "opus", adaptive_only=True),
-    _ModelSpec("claude-opus-4-7", "Claude Opus 4.7", "2026-04-16T00:00:00Z",
-               1_000_000, 128_000, "opus", adaptive_only=True),
-    _ModelSpec("claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17T00:00:00Z",
-               1_000_000, 128_000, "sonnet", xhigh=False),
-    _ModelSpec("claude-haiku-4-5", "Claude Haiku 4.5", "2025-10-15T00:00:00Z",
-               200_000, 64_000, "haiku", xhigh=False),
-    _ModelSpec("claude-sonnet-4-5", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z",
-               200_000, 64_000, "sonnet", lifecycle="deprecated",
-               deprecated_at="2026-05-15T00:00:00Z", retires_at="2026-11-30T00:00:00Z",
-               xhigh=False),
+    _ModelSpec(
+        "claude-haiku-5-5",
+        "Claude Haiku 5.5",
+        "2026-10-07T00:00:00Z",
+        1_000_000,
+        128_000,
+        "haiku",
+        adaptive_only=True,
+    ),
+    _ModelSpec(
+        "claude-opus-5-5",
+        "Claude Opus 5.5",
+        "2026-09-22T00:00:00Z",
+        1_000_000,
+        128_000,
+        "opus",
+        adaptive_only=True,
+    ),
+    _ModelSpec(
+        "claude-opus-5",
+        "Claude Opus 5",
+        "2026-07-24T00:00:00Z",
+        1_000_000,
+        128_000,
+        "opus",
+        adaptive_only=True,
+    ),
+    _ModelSpec(
+        "claude-sonnet-5",
+        "Claude Sonnet 5",
+        "2026-06-30T00:00:00Z",
+        1_000_000,
+        128_000,
+        "sonnet",
+        adaptive_only=True,
+    ),
+    _ModelSpec(
+        "claude-opus-4-8",
+        "Claude Opus 4.8",
+        "2026-05-28T00:00:00Z",
+        1_000_000,
+        128_000,
+        "opus",
+        adaptive_only=True,
+    ),
+    _ModelSpec(
+        "claude-opus-4-7",
+        "Claude Opus 4.7",
+        "2026-04-16T00:00:00Z",
+        1_000_000,
+        128_000,
+        "opus",
+        adaptive_only=True,
+    ),
+    _ModelSpec(
+        "claude-sonnet-4-6",
+        "Claude Sonnet 4.6",
+        "2026-02-17T00:00:00Z",
+        1_000_000,
+        128_000,
+        "sonnet",
+        xhigh=False,
+    ),
+    _ModelSpec(
+        "claude-haiku-4-5",
+        "Claude Haiku 4.5",
+        "2025-10-15T00:00:00Z",
+        200_000,
+        64_000,
+        "haiku",
+        xhigh=False,
+    ),
+    _ModelSpec(
+        "claude-sonnet-4-5",
+        "Claude Sonnet 4.5",
+        "2025-09-29T00:00:00Z",
+        200_000,
+        64_000,
+        "sonnet",
+        lifecycle="deprecated",
+        deprecated_at="2026-05-15T00:00:00Z",
+        retires_at="2026-11-30T00:00:00Z",
+        xhigh=False,
+    ),
 )
 # Dated ids resolve to their alias entry, as the real GET /v1/models/{id} does.
 _ALIASES: Mapping[str, str] = MappingProxyType(
@@ -531,6 +608,7 @@ class FakeUpstream:
         self._queue: deque[Behaviour] = deque()
         self._received: deque[Received] = deque(maxlen=history_limit)
         self._billed: deque[dict[str, Any]] = deque(maxlen=history_limit)
+        self._sent: deque[bytes] = deque(maxlen=history_limit)
         self._org_id = str(uuid.uuid4())
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -554,6 +632,20 @@ class FakeUpstream:
         with self._lock:
             return copy.deepcopy(list(self._billed))
 
+    @property
+    def sent(self) -> list[bytes]:
+        """A snapshot of the body bytes of every message answer written (JSON or SSE), in order.
+
+        For a stream, the bytes written up to its end or its cut; tests compare them with what
+        a client received through the proxy.
+        """
+        with self._lock:
+            return list(self._sent)
+
+    def _record_sent(self, data: bytes) -> None:
+        with self._lock:
+            self._sent.append(data)
+
     def script(self, *behaviours: Behaviour) -> None:
         """Queues behaviours for the next ``POST /v1/messages`` requests, one each."""
         with self._lock:
@@ -565,6 +657,7 @@ class FakeUpstream:
             self._queue.clear()
             self._received.clear()
             self._billed.clear()
+            self._sent.clear()
 
     @property
     def url(self) -> str:
@@ -585,7 +678,7 @@ class FakeUpstream:
         """
         if self._runner is not None:
             raise RuntimeError("FakeUpstream is already started")
-        app = web.Application(client_max_size=_MAX_BODY + 1024 * 1024)
+        app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a stalled handler dies with its client instead of holding
         # stop() up; the short shutdown_timeout keeps test teardown fast.
@@ -637,7 +730,7 @@ class FakeUpstream:
             self._billed.append(usage)
 
     def _unbill(self, usage: dict[str, Any]) -> None:
-        with self._lock, contextlib.suppress(ValueError):
+        with self._lock:
             # Identity, not equality: two answers may carry equal usage.
             for index, entry in enumerate(self._billed):
                 if entry is usage:
@@ -674,14 +767,14 @@ class FakeUpstream:
             defaults["retry-after"] = "1"
         headers = self._headers({**defaults, **(extra or {})})
         # The body repeats the header's request id, as the real API does.
-        request_id = next((v for k, v in headers.items() if k.lower() == "request-id"), None)
+        request_id = _header(headers, "request-id")
         payload: dict[str, Any] = {
             "type": "error",
             "error": {"type": error_type, "message": message},
         }
         if request_id is not None:
             payload["request_id"] = request_id
-        headers.setdefault("Content-Type", "application/json")
+        _default_header(headers, "Content-Type", "application/json")
         return web.Response(
             status=status, reason=_REASONS.get(status), body=_encode(payload), headers=headers
         )
@@ -855,9 +948,7 @@ class FakeUpstream:
         reply = behaviour if isinstance(behaviour, Reply) else Reply()
         answer = _build_answer(body, reply)
         delay = reply.event_delay or self._default_event_delay
-        headers = self._headers(
-            reply.headers, **self._ratelimit_headers(answer.usage)
-        )
+        headers = self._headers(reply.headers, **self._ratelimit_headers(answer.usage))
 
         if isinstance(behaviour, StreamError) and not stream:
             status = _STATUS_FOR_TYPE.get(behaviour.error_type, 500)
@@ -873,8 +964,10 @@ class FakeUpstream:
             if request.transport is None or request.transport.is_closing():
                 return web.Response()
             self._bill(copy.deepcopy(answer.usage))
-            headers.setdefault("Content-Type", "application/json")
-            return web.Response(body=_encode(answer.message), headers=headers)
+            _default_header(headers, "Content-Type", "application/json")
+            encoded = _encode(answer.message)
+            self._record_sent(encoded)
+            return web.Response(body=encoded, headers=headers)
 
         cut: int | None = None
         error: StreamError | None = None
@@ -972,13 +1065,14 @@ class FakeUpstream:
             return core
         events: list[_Event] = []
         since_ping = 0
-        for event in core:
+        for event, following in zip(core, [*core[1:], None], strict=True):
             events.append(event)
             if event is ping:
                 since_ping = 0
                 continue
             since_ping += 1
-            if since_ping >= self._ping_every and event is not core[-1]:
+            # Never after message_stop, and never twice in a row.
+            if since_ping >= self._ping_every and following not in (None, ping):
                 events.append(ping)
                 since_ping = 0
         return events
@@ -993,13 +1087,13 @@ class FakeUpstream:
         error: StreamError | None,
     ) -> web.StreamResponse:
         for key, value in _SSE_HEADERS.items():
-            if not any(k.lower() == key.lower() for k in headers):
-                headers[key] = value
+            _default_header(headers, key, value)
         response = web.StreamResponse(status=200, headers=headers)
         await response.prepare(request)
         to_send = events if cut is None else events[: max(0, cut)]
         entry: dict[str, Any] | None = None
         sent_any = False
+        written = bytearray()
         try:
             for event in to_send:
                 if sent_any and delay > 0:
@@ -1018,6 +1112,7 @@ class FakeUpstream:
                     # aiohttp hands each write straight to the socket (one chunk per event)
                     # and waits for the transport to drain once its buffer backs up.
                     await response.write(event.frame)
+                    written += event.frame
                 except ConnectionError:
                     if entry is not None and previous is not None:
                         self._rebill(entry, previous)
@@ -1034,13 +1129,17 @@ class FakeUpstream:
                 payload = {
                     "type": "error",
                     "error": {"type": error.error_type, "message": error.message},
-                    "request_id": headers.get("request-id"),
+                    "request_id": _header(headers, "request-id"),
                 }
-                await response.write(b"event: error\ndata: " + _encode(payload) + b"\n\n")
+                frame = b"event: error\ndata: " + _encode(payload) + b"\n\n"
+                await response.write(frame)
+                written += frame
             await response.write_eof()
         except ConnectionError:
             # The client went away mid-stream; nothing more to send.
             pass
+        finally:
+            self._record_sent(bytes(written))
         return response
 
     # ---- other endpoints
@@ -1070,11 +1169,9 @@ class FakeUpstream:
                 "limit: Input should be greater than or equal to 1 and less than or equal to 1000",
             )
         wanted = set(query.getall("lifecycle[]", [])) | set(query.getall("lifecycle", []))
-        models = [
-            spec
-            for spec in _CATALOG
-            if (spec.lifecycle in wanted) if wanted else spec.lifecycle != "retired"
-        ]
+        # Without a filter the API lists active and deprecated models, not retired ones.
+        wanted = wanted or {"active", "deprecated"}
+        models = [spec for spec in _CATALOG if spec.lifecycle in wanted]
         ids = [spec.id for spec in models]
         after_id, before_id = query.get("after_id"), query.get("before_id")
         if after_id is not None and before_id is not None:
@@ -1136,7 +1233,9 @@ def _build_answer(body: Mapping[str, Any], reply: Reply) -> _Answer:
     if reply.tool_use is not None:
         name = str(reply.tool_use.get("name", "tool"))
         tool_input = reply.tool_use.get("input", {})
-        seed = _encode(body) + b"\0" + name.encode() + b"\0" + _encode(tool_input)
+        # Derived from the request minus `stream`, so both modes give the same block.
+        request = {k: v for k, v in body.items() if k != "stream"}
+        seed = _encode(request) + b"\0" + name.encode() + b"\0" + _encode(tool_input)
         tool_id = str(reply.tool_use.get("id") or _stable_id("toolu_01", seed, 22))
         content.append(
             {
@@ -1161,7 +1260,7 @@ def _build_answer(body: Mapping[str, Any], reply: Reply) -> _Answer:
         "output_tokens_details": {"thinking_tokens": thinking_tokens},
         "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
         "service_tier": "standard",
-        "inference_geo": geo if isinstance(geo, str) and geo != "global" else "global",
+        "inference_geo": geo if isinstance(geo, str) else "global",
     }
     if body.get("speed") in ("standard", "fast"):
         defaults["speed"] = body["speed"]
@@ -1286,8 +1385,9 @@ def running_fake(**kwargs: Any) -> Iterator[FakeUpstream]:
         loop.close()
 
 
-async def _serve(host: str, port: int, event_delay: float, ping_every: int,
-                 api_keys: list[str] | None) -> None:
+async def _serve(
+    host: str, port: int, event_delay: float, ping_every: int, api_keys: list[str] | None
+) -> None:
     # Long benchmark runs would otherwise keep every request in memory.
     fake = FakeUpstream(
         api_keys=api_keys,
@@ -1321,12 +1421,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--event-delay", type=float, default=0.0,
-                        help="seconds between SSE events")
-    parser.add_argument("--ping-every", type=int, default=0,
-                        help="also send a ping after every N events (0: only the first)")
-    parser.add_argument("--api-key", action="append", dest="api_keys",
-                        help="accept only this key (repeatable); default: any non-empty key")
+    parser.add_argument("--event-delay", type=float, default=0.0, help="seconds between SSE events")
+    parser.add_argument(
+        "--ping-every",
+        type=int,
+        default=0,
+        help="also send a ping after every N events (0: only the first)",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        help="accept only this key (repeatable); default: any non-empty key",
+    )
     args = parser.parse_args(argv)
     asyncio.run(_serve(args.host, args.port, args.event_delay, args.ping_every, args.api_keys))
 

@@ -94,7 +94,7 @@ class Upstream:
                 method, self.base_url + path_qs, data=body, headers=headers,
                 allow_redirects=False,
             )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from exc
@@ -222,7 +222,7 @@ async def relay(
     if not outcome.stream:
         try:
             body = await response.read()
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             kind = UpstreamTimeout if isinstance(exc, asyncio.TimeoutError) else UpstreamUnavailable
             raise kind("upstream broke off its answer") from exc
         outcome.first_byte_seconds = time.perf_counter() - started
@@ -245,13 +245,13 @@ async def relay(
                 outcome.first_byte_seconds = time.perf_counter() - started
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tracker.feed(chunk)
-    except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         timed_out = isinstance(exc, asyncio.TimeoutError)
-        kind = "timeout_error" if timed_out else "api_error"
+        error_type = "timeout_error" if timed_out else "api_error"
         message = "upstream went silent mid-stream" if timed_out else "upstream connection lost"
-        tracker.error_type = tracker.error_type or kind
-        await send({"type": "http.response.body", "body": error_event(kind, message, request_id),
-                    "more_body": True})
+        tracker.error_type = tracker.error_type or error_type
+        event = error_event(error_type, message, request_id)
+        await send({"type": "http.response.body", "body": event, "more_body": True})
     outcome.usage = tracker.usage
     outcome.error_type = tracker.error_type
     outcome.upstream_seconds = time.perf_counter() - started

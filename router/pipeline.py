@@ -208,6 +208,8 @@ async def _send_error(send: Callable[[dict[str, Any]], Any], err: RouterError, r
     if err.status_code in (502, 504, 529):
         # The SDKs retry these anyway; say so explicitly for other clients.
         headers.append((b"x-should-retry", b"true"))
-    headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items())
+    headers.extend(
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()
+    )
     await send({"type": "http.response.start", "status": err.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -76,7 +76,7 @@ class Usage(msgspec.Struct, frozen=True):
     def updated(self, newer: Usage) -> Usage:
         """Return this usage with every field ``newer`` reports overwritten.
 
-        Stream usage is cumulative: a ``message_delta`` replaces earlier numbers, never adds to them.
+        Stream usage is cumulative: a ``message_delta`` replaces earlier numbers, never adds.
         """
         changes = {f: v for f in self.__struct_fields__ if (v := getattr(newer, f)) is not None}
         return msgspec.structs.replace(self, **changes) if changes else self
