@@ -12,6 +12,7 @@ from typing import Any
 
 from router.decide import Decision
 from router.forward import Outcome
+from router.tokens import FactorLearner
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,8 @@ class Record:
     outcome: Outcome | None
     seconds: float
     error_type: str | None = None
+    estimated_tokens: int | None = None
+    """The router's raw (unscaled) input-token estimate, to learn the model's factor from."""
 
 
 def log_fields(record: Record) -> dict[str, Any]:
@@ -56,6 +59,8 @@ def log_fields(record: Record) -> dict[str, Any]:
         fields["output_tokens"] = usage.output_tokens
         fields["cache_read_tokens"] = usage.cache_read_input_tokens
         fields["cache_write_tokens"] = usage.cache_creation_input_tokens
+        if record.estimated_tokens is not None:
+            fields["estimated_input_tokens"] = record.estimated_tokens
         if outcome.client_disconnected:
             fields["client_disconnected"] = True
     error_type = record.error_type or (outcome.error_type if outcome else None)
@@ -64,7 +69,20 @@ def log_fields(record: Record) -> dict[str, Any]:
     return fields
 
 
-def account(record: Record, logger: logging.Logger) -> None:
-    """Write the request's log line."""
+def actual_input_tokens(outcome: Outcome) -> int:
+    """All input tokens the upstream reported: uncached, cache writes and cache reads."""
+    usage = outcome.usage
+    return (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (
+        usage.cache_read_input_tokens or 0
+    )
+
+
+def account(record: Record, logger: logging.Logger, learner: FactorLearner) -> None:
+    """Learn from the reported usage, and write the request's log line."""
+    outcome = record.outcome
+    if (outcome is not None and record.decision is not None and outcome.status == 200
+            and record.estimated_tokens):
+        learner.observe(record.decision.model, record.estimated_tokens,
+                        actual_input_tokens(outcome))
     if logger.isEnabledFor(logging.INFO):
         logger.info(log_fields(record))

@@ -7,15 +7,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request, Response, get
+import msgspec
+from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
-from router.config import LoadedConfig, load_config, resolve_config_path
-from router.errors import error_body, new_request_id
+from router.config import resolve_config_path
+from router.errors import RouterError, error_body, new_request_id
 from router.forward import Upstream
-from router.pipeline import Endpoint, RouterState, proxy
+from router.parse import header_map
+from router.pipeline import Endpoint, RouterState, explain, proxy
+from router.reload import watching
+from router.rules import Policy, load_policy
+from router.sessions import ConversationMemory
+from router.tokens import FactorLearner, TokenCounter
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -71,10 +77,29 @@ def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     ready = state.upstream.ready
     body = {
         "status": "ready" if ready else "starting",
-        "config": state.loaded.source,
-        "config_sha256": state.loaded.sha256,
+        "config": state.policy.loaded.source,
+        "config_sha256": state.policy.loaded.sha256,
     }
     return Response(body, status_code=200 if ready else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+@post("/v1/router/explain", status_code=200)
+async def explain_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Explain the routing of a Messages body without calling upstream."""
+    state: RouterState = request.app.state.router
+    report = await explain(await request.body(), header_map(request.scope["headers"]), state)
+    return Response(msgspec.json.encode(report), media_type="application/json")
+
+
+def _router_error(request: Request[Any, Any, Any], exc: RouterError) -> Response[bytes]:
+    """Render the proxy's own errors raised in ordinary handlers (explain)."""
+    rid = new_request_id()
+    return Response(
+        error_body(exc.error_type, exc.message, rid),
+        status_code=exc.status_code,
+        media_type="application/json",
+        headers={"request-id": rid},
+    )
 
 
 def _anthropic_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -105,22 +130,43 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     )
 
 
-def create_app(loaded: LoadedConfig | None = None) -> Litestar:
+def create_app(policy: Policy | None = None, config_path: str | None = None) -> Litestar:
     """Build the proxy application.
 
     Args:
-        loaded: a validated config; when None, the file from $ROUTER_CONFIG, ./router.yaml or the
-            embedded default is loaded.
+        policy: a compiled config; when None, it is loaded from ``config_path``, else from
+            $ROUTER_CONFIG, ./router.yaml or the embedded default.
+        config_path: the file to watch and reload the policy from (None: no reload).
     """
-    config = loaded or load_config(resolve_config_path(None))
+    if policy is None:
+        config_path = resolve_config_path(config_path)
+        policy = load_policy(config_path)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        upstream = Upstream(config.config.upstream)
+        config = policy.config
+        upstream = Upstream(config.upstream)
         await upstream.open()
-        app.state.router = RouterState(loaded=config, upstream=upstream)
+        state = RouterState(
+            policy=policy,
+            upstream=upstream,
+            counter=TokenCounter.load(),
+            learner=FactorLearner(
+                priors={t.model: t.token_factor for t in config.tiers.values()}
+            ),
+            memory=ConversationMemory(
+                config.conversations.memory_seconds, config.conversations.memory_size
+            ),
+            config_path=config_path,
+        )
+        app.state.router = state
+
+        def install(new: Policy) -> None:
+            state.policy = new
+
         try:
-            yield
+            async with watching(config_path, install, config.server.reload_poll_seconds):
+                yield
         finally:
             await upstream.close()
 
@@ -129,11 +175,17 @@ def create_app(loaded: LoadedConfig | None = None) -> Litestar:
             _proxied("/v1/messages", Endpoint.MESSAGES),
             _proxied("/v1/messages/count_tokens", Endpoint.COUNT_TOKENS),
             _proxied_tree("/v1/models", Endpoint.MODELS),
+            explain_endpoint,
             healthz,
             readyz,
         ],
         lifespan=[lifespan],
-        exception_handlers={HTTPException: _anthropic_error, Exception: _internal_error},
+        exception_handlers={
+            RouterError: _router_error,
+            HTTPException: _anthropic_error,
+            Exception: _internal_error,
+        },
         openapi_config=None,
         logging_config=None,
+        request_max_body_size=policy.config.server.max_body_bytes,
     )

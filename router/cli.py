@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any, NoReturn
 
 import click
 
-from router.config import ConfigError, config_as_dict, load_config, resolve_config_path
+from router.config import ConfigError, config_as_dict, resolve_config_path
+from router.rules import Policy, load_policy
 
 CONFIG_HELP = (
     "Config file [default: $ROUTER_CONFIG, else ./router.yaml, else the embedded default]."
@@ -28,9 +30,10 @@ def cli() -> None:
 
     \b
     Examples:
-      router serve                          # embedded default config, port 8080
+      router serve                          # ./router.yaml (or the embedded default), port 8080
       router serve --config router.yaml --port 9000 --workers 2
-      router check --config router.yaml     # validate, exit 1 with the bad key and line
+      router check --config router.yaml     # validate, exit 1 with each bad key and line
+      router explain request.json           # which model a request would get, and why
     """
 
 
@@ -60,14 +63,15 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
     from router.logs import configure_logging
 
     path = resolve_config_path(config_path)
-    loaded = _load_or_exit(path)
+    policy = _load_or_exit(path)
     configure_logging(log_level)
     if path:
         # Workers re-read the config from the environment in their own process.
         os.environ["ROUTER_CONFIG"] = os.path.abspath(path)
     click.echo(
-        f"router: serving on http://{host}:{port} -> {loaded.config.upstream.base_url} "
-        f"(config {loaded.source}, {workers} worker{'s' if workers > 1 else ''})",
+        f"router: serving on http://{host}:{port} -> {policy.config.upstream.base_url} "
+        f"(config {policy.loaded.source}, {len(policy.rules)} rules, "
+        f"{workers} worker{'s' if workers > 1 else ''})",
         err=True,
     )
     common = {
@@ -83,31 +87,108 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
     if workers > 1:
         uvicorn.run("router.app:create_app", factory=True, workers=workers, **common)  # type: ignore[arg-type]
     else:
-        uvicorn.run(create_app(loaded), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(policy, path), **common)  # type: ignore[arg-type]
 
 
 @cli.command()
 @click.option("--config", "config_path", metavar="PATH", help=CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the decoded config as JSON.")
 def check(config_path: str | None, as_json: bool) -> None:
-    """Validate a config file; exit 1 and name each bad key and its line.
+    """Validate a config file; exit 1 with every problem, each naming the key and its line.
+
+    Checks types and unknown keys, rule conditions (feature names, operators, value types),
+    targets, unreachable rules and the default.
 
     \b
     Examples:
       router check
       router check --config router.yaml
-      router check --config router.yaml --json | jq .tiers
+      router check --config router.yaml --json | jq .rules
     """
-    loaded = _load_or_exit(resolve_config_path(config_path))
+    policy = _load_or_exit(resolve_config_path(config_path))
     if as_json:
-        click.echo(json.dumps(config_as_dict(loaded.config), indent=2))
+        click.echo(json.dumps(config_as_dict(policy.config), indent=2))
     else:
-        click.echo(f"{loaded.source}: ok (sha256 {loaded.sha256[:12]})")
+        click.echo(f"{policy.loaded.source}: ok, {len(policy.rules)} rules, default "
+                   f"{policy.config.default} (sha256 {policy.loaded.sha256[:12]})")
 
 
-def _load_or_exit(path: str | None):  # type: ignore[no-untyped-def]
+@cli.command()
+@click.argument("request_file", type=click.File("rb"), metavar="REQUEST.json")
+@click.option("--config", "config_path", metavar="PATH", help=CONFIG_HELP)
+@click.option("--header", "-H", "headers", multiple=True, metavar="NAME:VALUE",
+              help="A request header the rules may test (x-app, user-agent, ...). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+def explain(request_file: Any, config_path: str | None, headers: tuple[str, ...],
+            as_json: bool) -> None:
+    """Show how a Messages request would be routed, without calling the API.
+
+    REQUEST.json is a POST /v1/messages body ('-' reads stdin). Prints the decision, every rule
+    tried and whether it matched, and the request's features.
+
+    \b
+    Examples:
+      router explain request.json
+      router explain request.json -H 'x-app: cli' --json | jq .decision
+      curl -s localhost:8080/v1/router/explain -d @request.json   # the same, from the server
+    """
+    from router.errors import RouterError
+    from router.parse import parse_messages
+    from router.pipeline import explanation, route
+    from router.sessions import ConversationMemory
+    from router.tokens import FactorLearner, TokenCounter
+
+    policy = _load_or_exit(resolve_config_path(config_path))
+    header_map = {}
+    for item in headers:
+        name, sep, value = item.partition(":")
+        if not sep:
+            _fail(f"--header wants NAME:VALUE, got {item!r}")
+        header_map[name.strip().lower()] = value.strip()
     try:
-        return load_config(path)
+        parsed = parse_messages(request_file.read(), header_map)
+    except RouterError as err:
+        _fail(f"{request_file.name}: {err.message}")
+    counter = TokenCounter.load()
+    config = policy.config
+    learner = FactorLearner(priors={t.model: t.token_factor for t in config.tiers.values()})
+    memory = ConversationMemory(config.conversations.memory_seconds, 1)
+    report = explanation(
+        route(parsed, counter.estimate(parsed.request), policy, learner, memory, explain=True),
+        policy,
+    )
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(render_explanation(report))
+
+
+def render_explanation(report: dict[str, Any]) -> str:
+    """Return the human-readable form of an explain report."""
+    d = report["decision"]
+    lines = [
+        f"model     {d['model']}  (tier {d['tier']}, requested {d['requested_model']})",
+        f"rule      {d['rule']}: {d['reason']}",
+        f"config    {report['config']['source']}",
+        "",
+        "rules tried, in order:",
+    ]
+    for r in report["rules"]:
+        mark = "✓" if r["matched"] else "·"
+        lines.append(f"  {mark} {r['rule']:<28} {r['effect']:<24} when {r['when']}")
+    lines += ["", "features:"]
+    lines += [f"  {k:<22} {v}" for k, v in report["features"].items()]
+    return "\n".join(lines)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"router: {message}", err=True)
+    sys.exit(1)
+
+
+def _load_or_exit(path: str | None) -> Policy:
+    try:
+        return load_policy(path)
     except ConfigError as err:
         for problem in err.problems:
             click.echo(f"{err.source}: {problem}", err=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +53,8 @@ class TierConfig(_Section, frozen=True, kw_only=True):
     """Input tokens the tier's model holds; larger requests are never sent to it."""
     members: tuple[str, ...] = ()
     """Globs of requested model ids that count as this tier (e.g. ``claude-haiku-*``)."""
+    token_factor: float = 1.0
+    """Claude tokens per tiktoken token for this tier's model: the prior, refined from usage."""
 
 
 class ServerConfig(_Section, frozen=True, kw_only=True):
@@ -60,6 +62,41 @@ class ServerConfig(_Section, frozen=True, kw_only=True):
 
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body accepted (the API's own limit is 32 MB)."""
+    reload_poll_seconds: float = 1.0
+    """How often the config file is checked for changes; 0 turns polling off (SIGHUP still
+    reloads)."""
+
+
+class RuleConfig(_Section, frozen=True, kw_only=True):
+    """One routing rule. With ``tier``, ``model`` or ``pin`` it routes (first match wins);
+    with only ``cap``/``floor`` it is a guard that bounds whatever routes."""
+
+    name: str
+    """Shown in the ``x-router-rule`` header, logs, metrics and ``router explain``."""
+    description: str = ""
+    when: Any = None
+    """Conditions on the request's features; absent means always (see ``router/rules.py``)."""
+    tier: Tier | None = None
+    """Send to this tier's model."""
+    model: str | None = None
+    """Send to this exact model id."""
+    pin: bool = False
+    """Keep the model the client asked for."""
+    cap: Tier | None = None
+    """Never route above this tier."""
+    floor: Tier | None = None
+    """Never route below this tier."""
+    allow_model_switch: bool = False
+    """Let this rule move a conversation that carries thinking blocks to another model."""
+
+
+class ConversationConfig(_Section, frozen=True, kw_only=True):
+    """The short-lived memory of which model each conversation used."""
+
+    memory_seconds: float = 3600.0
+    """How long a conversation's model is remembered after its last request."""
+    memory_size: int = 50_000
+    """Most conversations remembered per worker; the least recently used go first."""
 
 
 class Config(_Section, frozen=True, kw_only=True):
@@ -69,6 +106,11 @@ class Config(_Section, frozen=True, kw_only=True):
     upstream: UpstreamConfig = UpstreamConfig()
     server: ServerConfig = ServerConfig()
     tiers: dict[Tier, TierConfig]
+    rules: tuple[Any, ...] = ()
+    """Decoded rule by rule (see :class:`RuleConfig`) so that every bad rule is reported."""
+    default: str = "sonnet"
+    """Where requests no rule routes go: a tier name, a model id, or ``requested`` (keep it)."""
+    conversations: ConversationConfig = ConversationConfig()
 
     def tier_model(self, tier: Tier) -> str:
         """Return the model id a tier sends to."""
@@ -84,6 +126,12 @@ class LoadedConfig:
     """The file path, or ``<embedded default>``."""
     sha256: str
     """Hash of the file's bytes, exported so dashboards can tell which config is live."""
+    lines: dict[str, int] = field(default_factory=dict)
+    """YAML line of each key, by path (``$.rules[2].when``), for messages about the file."""
+
+    def line_of(self, path: str) -> int | None:
+        """Return the YAML line of ``path`` or of its nearest ancestor in the file."""
+        return _nearest_line(path, self.lines)
 
 
 class ConfigError(Exception):
@@ -145,7 +193,7 @@ def parse_config(text: str, source: str = "<string>") -> LoadedConfig:
         config = msgspec.structs.replace(
             config, upstream=msgspec.structs.replace(config.upstream, base_url=override)
         )
-    return LoadedConfig(config, source, hashlib.sha256(text.encode()).hexdigest())
+    return LoadedConfig(config, source, hashlib.sha256(text.encode()).hexdigest(), lines)
 
 
 def semantic_problems(config: Config) -> list[str]:
@@ -160,6 +208,9 @@ def semantic_problems(config: Config) -> list[str]:
         problems.append("upstream.base_url: must start with http:// or https://")
     if config.server.max_body_bytes <= 0:
         problems.append("server.max_body_bytes: must be positive")
+    for name, tier in config.tiers.items():
+        if tier.token_factor <= 0:
+            problems.append(f"tiers.{name}.token_factor: must be positive")
     return problems
 
 

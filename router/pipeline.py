@@ -7,6 +7,7 @@ the three proxied endpoints; stages 1-3 are pure and :func:`route` runs them for
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,11 +19,14 @@ import aiohttp
 
 from router.account import Record, account
 from router.body import ClientGone, Receive, read_body, with_model
-from router.config import LoadedConfig
-from router.decide import Decision, requested_decision
+from router.classify import Features, classify
+from router.decide import Decision, decide, resolve_model, tier_of_model
 from router.errors import MethodNotAllowed, RouterError, error_body, new_request_id
 from router.forward import Outcome, Send, Upstream, relay, upstream_headers
 from router.parse import Parsed, header_map, parse_count_tokens, parse_messages, require_api_key
+from router.rules import Policy
+from router.sessions import ConversationMemory, conversation_key
+from router.tokens import FactorLearner, TokenCounter, TokenEstimate
 
 
 class Endpoint(Enum):
@@ -42,14 +46,93 @@ class Endpoint(Enum):
 class RouterState:
     """Everything one worker owns, built in the app's lifespan."""
 
-    loaded: LoadedConfig
+    policy: Policy
+    """The live rules; replaced whole on reload, so a request keeps the one it started with."""
     upstream: Upstream
+    counter: TokenCounter
+    learner: FactorLearner
+    memory: ConversationMemory
+    config_path: str | None = None
+    """The file to reload from; None for the embedded default."""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("router.access"))
 
 
-def route(parsed: Parsed, loaded: LoadedConfig) -> Decision:
-    """Stages 2-3: choose the model for a parsed request. Pure: no I/O, no clock."""
-    return requested_decision(loaded.config, parsed.request.model)
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The outcome of stages 2-3 for one request."""
+
+    features: Features
+    estimate: TokenEstimate
+    decision: Decision
+    conversation: str | None
+    """The conversation's memory key, when the decision must be remembered."""
+
+
+async def estimate_tokens(counter: TokenCounter, parsed: Parsed) -> TokenEstimate:
+    """Count the request's tokens; a long uncached count runs in a thread, off the event loop."""
+    if counter.needs_thread(parsed.request):
+        return await asyncio.to_thread(counter.estimate, parsed.request)
+    return counter.estimate(parsed.request)
+
+
+def route(
+    parsed: Parsed,
+    estimate: TokenEstimate,
+    policy: Policy,
+    learner: FactorLearner,
+    memory: ConversationMemory,
+    *,
+    explain: bool = False,
+) -> Routed:
+    """Stages 2-3: classify the request and decide its model. No I/O; reads the memory only."""
+    config = policy.config
+    requested = resolve_model(config, parsed.request.model)
+    requested_tier = tier_of_model(config, requested)
+    prior = config.tiers[requested_tier].token_factor if requested_tier else 1.0
+    features = classify(
+        parsed, estimate,
+        token_factor=learner.factor(requested, prior),
+        requested_tier=requested_tier or "other",
+    )
+    conversation = None
+    if features.history_thinking or features.thinking != "none":
+        conversation = conversation_key(parsed.request.messages, features.session_id)
+    sticky = memory.model_for(conversation) if conversation and features.history_thinking else None
+    decision = decide(features, policy, sticky_model=sticky, explain=explain)
+    return Routed(features, estimate, decision, conversation)
+
+
+async def explain(body: bytes, headers: dict[str, str], state: RouterState) -> dict[str, Any]:
+    """Stages 1-3 with every rule traced, for ``POST /v1/router/explain``: nothing goes upstream.
+
+    Raises:
+        InvalidRequest: the body is not a valid Messages request.
+    """
+    parsed = parse_messages(body, headers)
+    estimate = await estimate_tokens(state.counter, parsed)
+    routed = route(parsed, estimate, state.policy, state.learner, state.memory, explain=True)
+    return explanation(routed, state.policy)
+
+
+def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
+    """Return the report ``explain`` shows: decision, rules tried, features, token estimate."""
+    decision = routed.decision
+    return {
+        "decision": {
+            "model": decision.model,
+            "tier": decision.tier or "other",
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "requested_model": routed.features.requested_model,
+        },
+        "rules": [
+            {"rule": t.rule, "matched": t.matched, "when": t.condition, "effect": t.effect}
+            for t in decision.trace
+        ],
+        "features": dataclasses.asdict(routed.features),
+        "estimate": dataclasses.asdict(routed.estimate),
+        "config": {"source": policy.loaded.source, "sha256": policy.loaded.sha256},
+    }
 
 
 def router_headers(decision: Decision) -> list[tuple[str, str]]:
@@ -85,6 +168,7 @@ async def proxy(
     request_id = new_request_id()
     exchange = _Exchange(send)
     decision: Decision | None = None
+    routed: Routed | None = None
     requested: str | None = None
     outcome: Outcome | None = None
     error_type: str | None = None
@@ -97,12 +181,16 @@ async def proxy(
         body: bytes | None = None
         extra: list[tuple[str, str]] = []
         if endpoint is not Endpoint.MODELS:
-            limit = state.loaded.config.server.max_body_bytes
+            limit = state.policy.config.server.max_body_bytes
             body = await read_body(receive, headers.get("content-length"), limit)
             parse = parse_messages if endpoint is Endpoint.MESSAGES else parse_count_tokens
             parsed = parse(body, headers)
             requested = parsed.request.model
-            decision = route(parsed, state.loaded)
+            estimate = await estimate_tokens(state.counter, parsed)
+            routed = route(parsed, estimate, state.policy, state.learner, state.memory)
+            decision = routed.decision
+            if routed.conversation is not None:
+                state.memory.remember(routed.conversation, decision.model)
             body = with_model(body, requested, decision.model)
             extra = router_headers(decision)
         outcome = Outcome()
@@ -129,8 +217,9 @@ async def proxy(
             outcome=outcome,
             seconds=time.perf_counter() - t0,
             error_type=error_type,
+            estimated_tokens=routed.estimate.tokens if routed else None,
         )
-        account(record, state.logger)
+        account(record, state.logger, state.learner)
 
 
 async def _forward_watching_client(

@@ -14,29 +14,45 @@ import pytest
 import uvicorn
 
 from router.app import create_app
-from router.config import LoadedConfig, parse_config
+from router.config import LoadedConfig, default_config_text
 from router.fake_upstream import FakeUpstream, running_fake
+from router.rules import Policy, parse_policy
 
 API_KEY = "sk-ant-test-0123456789abcdef"
 
 
-def make_config(upstream_url: str, extra_yaml: str = "") -> LoadedConfig:
-    """Return the default config pointed at ``upstream_url``, with ``extra_yaml`` appended."""
-    from router.config import default_config_text
-
-    text = default_config_text().replace("https://api.anthropic.com", upstream_url) + extra_yaml
-    return parse_config(text, "<test>")
+POLICY_MARK = "# ---- routing policy"
+PASSTHROUGH = "default: requested\n"
+"""A policy with no rules: every request keeps its model (tier names still map to models)."""
 
 
-def with_upstream(loaded: LoadedConfig, **changes: Any) -> LoadedConfig:
-    """Return ``loaded`` with some ``upstream`` settings changed (e.g. ``read_timeout=0.3``)."""
-    config = loaded.config
-    upstream = msgspec.structs.replace(config.upstream, **changes)
-    return LoadedConfig(msgspec.structs.replace(config, upstream=upstream), loaded.source, "test")
+def config_text(upstream_url: str, policy_yaml: str | None = None) -> str:
+    """Return the default config text pointed at ``upstream_url``; with ``policy_yaml``, that
+    replaces the default's routing policy (its ``default:`` and ``rules:``)."""
+    text = default_config_text().replace("https://api.anthropic.com", upstream_url)
+    if policy_yaml is not None:
+        text = text[: text.index(POLICY_MARK)] + policy_yaml
+    return text
+
+
+def make_policy(upstream_url: str, policy_yaml: str | None = PASSTHROUGH) -> Policy:
+    """Return a policy pointed at ``upstream_url``: passthrough unless ``policy_yaml`` is given
+    (``None`` keeps the default policy of router.yaml)."""
+    return parse_policy(config_text(upstream_url, policy_yaml), "<test>")
+
+
+def with_section(policy: Policy, section: str, **changes: Any) -> Policy:
+    """Return ``policy`` with some settings of one section changed (``upstream``, ``server``)."""
+    config = policy.config
+    replaced = msgspec.structs.replace(getattr(config, section), **changes)
+    loaded = policy.loaded
+    new = LoadedConfig(msgspec.structs.replace(config, **{section: replaced}), loaded.source,
+                       loaded.sha256, loaded.lines)
+    return Policy(new, policy.rules)
 
 
 @contextmanager
-def running_proxy(loaded: LoadedConfig) -> Iterator[str]:
+def running_proxy(policy: Policy, config_path: str | None = None) -> Iterator[str]:
     """Run the real app under uvicorn in a background thread; yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -44,7 +60,7 @@ def running_proxy(loaded: LoadedConfig) -> Iterator[str]:
     port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(loaded),
+            create_app(policy, config_path),
             log_config=None,
             access_log=False,
             server_header=False,
@@ -85,18 +101,19 @@ def fake(fake_server: FakeUpstream) -> FakeUpstream:
 @pytest.fixture(scope="session")
 def proxy_url(fake_server: FakeUpstream) -> Iterator[str]:
     """A proxy on the default config, forwarding to the session's fake upstream."""
-    with running_proxy(make_config(fake_server.url)) as url:
+    with running_proxy(make_policy(fake_server.url)) as url:
         yield url
 
 
 @pytest.fixture()
 def start_proxy(fake_server: FakeUpstream) -> Iterator[Callable[..., str]]:
-    """Factory: start a proxy with extra YAML appended to the default config."""
+    """Factory: start a proxy with a routing policy (YAML), or a given compiled policy, and
+    optionally a config file to hot-reload from."""
     with ExitStack() as stack:
 
-        def start(extra_yaml: str = "", loaded: LoadedConfig | None = None) -> str:
-            return stack.enter_context(
-                running_proxy(loaded or make_config(fake_server.url, extra_yaml))
-            )
+        def start(policy_yaml: str | None = PASSTHROUGH, policy: Policy | None = None,
+                  config_path: str | None = None) -> str:
+            chosen = policy or make_policy(fake_server.url, policy_yaml)
+            return stack.enter_context(running_proxy(chosen, config_path))
 
         yield start

@@ -14,7 +14,7 @@ import anthropic
 import pytest
 
 from router.fake_upstream import FakeUpstream
-from tests.conftest import API_KEY, make_config
+from tests.conftest import API_KEY, make_policy, with_section
 from tests.test_raw_http import post
 
 GOOD: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 16,
@@ -114,13 +114,7 @@ def test_oversize_declared_body_is_a_413(fake: FakeUpstream, proxy_url: str) -> 
 
 
 def test_oversize_chunked_body_is_a_413(fake: FakeUpstream, start_proxy: Any) -> None:
-    small = make_config(fake.url).config
-    import msgspec
-
-    from router.config import LoadedConfig
-
-    server = msgspec.structs.replace(small.server, max_body_bytes=1000)
-    url = start_proxy(loaded=LoadedConfig(msgspec.structs.replace(small, server=server), "t", "t"))
+    url = start_proxy(policy=with_section(make_policy(fake.url), "server", max_body_bytes=1000))
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     chunks = (b"x" * 400 for _ in range(5))

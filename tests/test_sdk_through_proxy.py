@@ -9,7 +9,7 @@ import anthropic
 import pytest
 
 from router.fake_upstream import Fail, FakeUpstream, Reply, StreamError
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, make_policy
 
 PROMPT = [{"role": "user", "content": "Say hello."}]
 
@@ -186,12 +186,7 @@ def test_mid_stream_error_event_passes_through(fake: FakeUpstream, proxy_url: st
 
 
 def test_sdk_retries_proxy_502_when_upstream_is_down(start_proxy: Any) -> None:
-    from router.config import default_config_text, parse_config
-
-    dead = parse_config(
-        default_config_text().replace("https://api.anthropic.com", "http://127.0.0.1:9"), "t"
-    )
-    url = start_proxy(loaded=dead)
+    url = start_proxy(policy=make_policy("http://127.0.0.1:9"))
     client = anthropic.Anthropic(base_url=url, api_key=API_KEY, max_retries=1)
     with pytest.raises(anthropic.InternalServerError) as info:
         client.messages.create(model="claude-sonnet-4-6", max_tokens=8, messages=PROMPT)

@@ -1,0 +1,106 @@
+"""Stage 3: first match wins, guards bound, pins hold, windows and thinking are respected."""
+
+from __future__ import annotations
+
+from router.decide import decide
+from router.rules import Policy, parse_policy
+from tests.conftest import config_text
+from tests.test_rules import features
+
+POLICY = """\
+default: sonnet
+rules:
+  - name: batch-app-pinned
+    when: {app: batch}
+    pin: true
+  - name: never-above-sonnet-for-ci
+    when: {app: ci}
+    cap: sonnet
+  - name: tools-need-sonnet
+    when: {tools: {gt: 0}}
+    floor: sonnet
+  - name: hard
+    when: {complexity: complex}
+    tier: opus
+  - name: simple
+    when: {complexity: simple}
+    tier: haiku
+  - name: thinking-may-move
+    when: {complexity: moderate, history_thinking: true}
+    tier: haiku
+    allow_model_switch: true
+"""
+
+
+def policy(text: str = POLICY) -> Policy:
+    return parse_policy(config_text("http://x", text))
+
+
+def test_first_match_wins() -> None:
+    d = decide(features(complexity="complex"), policy())
+    assert (d.model, d.tier, d.rule) == ("claude-opus-4-7", "opus", "hard")
+    d = decide(features(complexity="simple"), policy())
+    assert (d.model, d.rule) == ("claude-haiku-4-5", "simple")
+
+
+def test_default_catches_the_rest() -> None:
+    d = decide(features(complexity="moderate"), policy())
+    assert (d.model, d.rule) == ("claude-sonnet-4-6", "default")
+
+
+def test_requested_default_keeps_the_model() -> None:
+    d = decide(features(complexity="moderate", requested_model="claude-opus-4-5"),
+               policy("default: requested\n"))
+    assert d.model == "claude-opus-4-5"
+    assert d.tier == "opus"
+
+
+def test_pin_keeps_the_requested_model_even_under_guards() -> None:
+    f = features(app="batch", complexity="simple", tools=2, requested_model="claude-opus-4-7")
+    d = decide(f, policy())
+    assert (d.model, d.rule) == ("claude-opus-4-7", "batch-app-pinned")
+
+
+def test_cap_and_floor_guards_apply_wherever_they_stand() -> None:
+    d = decide(features(app="ci", complexity="complex"), policy())
+    assert (d.model, d.rule) == ("claude-sonnet-4-6", "hard")
+    assert "bounded to sonnet" in d.reason
+    d = decide(features(tools=1, complexity="simple"), policy())
+    assert (d.model, d.rule) == ("claude-sonnet-4-6", "simple")
+
+
+def test_context_window_moves_up_a_tier() -> None:
+    d = decide(features(complexity="simple", input_tokens=190_000, max_tokens=16_000), policy())
+    assert d.model == "claude-sonnet-4-6"
+    assert "context" in d.reason
+    # Even a cap does not squeeze a request into a window that cannot hold it.
+    d = decide(features(app="ci", complexity="simple", input_tokens=250_000), policy())
+    assert d.tier == "sonnet"
+
+
+def test_thinking_conversation_stays_on_its_model() -> None:
+    f = features(complexity="complex", history_thinking=True, requested_model="claude-sonnet-4-6")
+    d = decide(f, policy(), sticky_model="claude-haiku-4-5")
+    assert (d.model, d.rule) == ("claude-haiku-4-5", "conversation")
+    # Without memory of the session, the requested model is the one that signed the blocks.
+    d = decide(f, policy())
+    assert d.model == "claude-sonnet-4-6"
+
+
+def test_a_rule_may_allow_a_thinking_conversation_to_move() -> None:
+    f = features(complexity="moderate", history_thinking=True)
+    d = decide(f, policy(), sticky_model="claude-opus-4-7")
+    assert (d.model, d.rule) == ("claude-haiku-4-5", "thinking-may-move")
+
+
+def test_explain_traces_every_rule() -> None:
+    d = decide(features(complexity="simple", tools=1), policy(), explain=True)
+    trace = {t.rule: t for t in d.trace}
+    assert list(trace) == ["batch-app-pinned", "never-above-sonnet-for-ci", "tools-need-sonnet",
+                           "hard", "simple", "thinking-may-move"]
+    assert trace["tools-need-sonnet"].matched
+    assert trace["tools-need-sonnet"].effect == "floor sonnet"
+    assert not trace["hard"].matched
+    assert trace["simple"].matched
+    assert trace["thinking-may-move"].effect == "not tried"
+    assert decide(features(), policy()).trace == ()

@@ -1,0 +1,192 @@
+"""Routing against the running proxy: rules, hot reload, explain, conversation safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anthropic
+
+from router.fake_upstream import FakeUpstream, Reply
+from tests.conftest import API_KEY, config_text
+from tests.test_raw_http import post
+
+RULES_V1 = """\
+default: sonnet
+rules:
+  - name: short-to-haiku
+    when: {complexity: simple}
+    tier: haiku
+"""
+RULES_V2 = """\
+default: sonnet
+rules:
+  - name: everything-to-opus
+    tier: opus
+"""
+SIMPLE = {"model": "claude-opus-4-7", "max_tokens": 32,
+          "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+
+def write(path: Path, policy_yaml: str, upstream: str, poll: float = 0.1) -> None:
+    text = config_text(upstream, policy_yaml).replace(
+        "reload_poll_seconds: 1", f"reload_poll_seconds: {poll}")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # atomic, as editors and ConfigMaps do
+
+
+def routed_model(url: str) -> tuple[str, dict[str, str]]:
+    status, headers, _ = post(url, json.dumps(SIMPLE).encode())
+    assert status == 200
+    return headers["x-router-model"], headers
+
+
+def wait_for(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_rules_route_and_the_upstream_sees_it(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(RULES_V1)
+    model, headers = routed_model(url)
+    assert model == "claude-haiku-4-5"
+    assert headers["x-router-tier"] == "haiku"
+    assert headers["x-router-rule"] == "short-to-haiku"
+    assert fake.received[-1].json()["model"] == "claude-haiku-4-5"
+
+
+def test_edited_file_changes_routing_and_a_broken_edit_does_not(
+    fake: FakeUpstream, start_proxy: Any, tmp_path: Path
+) -> None:
+    from router.rules import load_policy
+
+    path = tmp_path / "router.yaml"
+    write(path, RULES_V1, fake.url)
+    url = start_proxy(policy=load_policy(str(path)), config_path=str(path))
+    assert routed_model(url)[0] == "claude-haiku-4-5"
+
+    write(path, RULES_V2, fake.url)
+    assert wait_for(lambda: routed_model(url)[0] == "claude-opus-4-7")
+    assert routed_model(url)[1]["x-router-rule"] == "everything-to-opus"
+
+    sha_before = json.loads(urllib.request.urlopen(url + "/readyz").read())["config_sha256"]
+    write(path, RULES_V2.replace("tier: opus", "tier: gpt-5"), fake.url)
+    time.sleep(0.6)  # several poll intervals
+    assert routed_model(url)[0] == "claude-opus-4-7"
+    assert json.loads(urllib.request.urlopen(url + "/readyz").read())["config_sha256"] == sha_before
+
+
+def test_explain_endpoint_reports_without_calling_upstream(fake: FakeUpstream, start_proxy: Any
+                                                           ) -> None:
+    url = start_proxy(RULES_V1)
+    request = urllib.request.Request(url + "/v1/router/explain", data=json.dumps(SIMPLE).encode(),
+                                     method="POST")
+    report = json.loads(urllib.request.urlopen(request).read())
+    assert report["decision"]["model"] == "claude-haiku-4-5"
+    assert report["decision"]["rule"] == "short-to-haiku"
+    assert report["rules"] == [{"rule": "short-to-haiku", "matched": True,
+                                "when": "complexity eq 'simple'", "effect": "route to haiku"}]
+    assert report["features"]["complexity"] == "simple"
+    assert report["features"]["requested_model"] == "claude-opus-4-7"
+    assert fake.received == []
+    bad = urllib.request.Request(url + "/v1/router/explain", data=b"{}", method="POST")
+    try:
+        urllib.request.urlopen(bad)
+        raise AssertionError("expected a 400")
+    except urllib.error.HTTPError as err:
+        assert err.code == 400
+        assert json.loads(err.read())["error"]["message"] == "model: Field required"
+
+
+def test_cli_explain_matches_the_server(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    write(path, RULES_V1, "http://127.0.0.1:9")
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(SIMPLE))
+    out = subprocess.run([sys.executable, "-m", "router", "explain", str(request), "--config",
+                          str(path), "--json"], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)
+    assert report["decision"]["rule"] == "short-to-haiku"
+    text = subprocess.run([sys.executable, "-m", "router", "explain", str(request), "--config",
+                           str(path)], capture_output=True, text=True, check=True).stdout
+    assert "claude-haiku-4-5" in text
+    assert "✓ short-to-haiku" in text
+
+
+def test_thinking_conversation_stays_on_the_model_that_signed_it(
+    fake: FakeUpstream, start_proxy: Any
+) -> None:
+    url = start_proxy(RULES_V1)
+    client = anthropic.Anthropic(base_url=url, api_key=API_KEY, max_retries=0)
+    session = {"x-claude-code-session-id": "sess-1"}
+    first_turn = [{"role": "user", "content": "What is 2+2?"}]
+    fake.script(Reply(text="4", thinking="Simple sum."))
+    answer = client.messages.create(model="claude-opus-4-7", max_tokens=2048,
+                                    thinking={"type": "enabled", "budget_tokens": 1024},
+                                    messages=first_turn, extra_headers=session)
+    assert fake.received[-1].json()["model"] == "claude-haiku-4-5"
+    # The next turn is hard (a proof), which the rules would send elsewhere, but it carries the
+    # thinking block haiku signed: it must go back to haiku.
+    second_turn = [*first_turn, {"role": "assistant", "content": answer.model_dump()["content"]},
+                   {"role": "user", "content": "Now prove there are infinitely many primes, "
+                    "step by step, and analyse the trade-offs of each proof strategy."}]
+    raw = client.messages.with_raw_response.create(
+        model="claude-opus-4-7", max_tokens=2048, messages=second_turn,
+        thinking={"type": "enabled", "budget_tokens": 1024}, extra_headers=session)
+    assert raw.headers["x-router-rule"] == "conversation"
+    assert fake.received[-1].json()["model"] == "claude-haiku-4-5"
+
+
+def test_sighup_reloads_a_running_server(fake: FakeUpstream, tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    write(path, RULES_V1, fake.url, poll=0)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--config", str(path), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "ROUTER_UPSTREAM_URL": fake.url},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _ready(url), 20), "server did not start"
+        assert routed_model(url)[0] == "claude-haiku-4-5"
+        write(path, RULES_V2, fake.url, poll=0)
+        time.sleep(0.3)
+        assert routed_model(url)[0] == "claude-haiku-4-5"  # polling is off: nothing yet
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: routed_model(url)[0] == "claude-opus-4-7")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    reloads = [json.loads(line) for line in err.splitlines()
+               if line.startswith("{") and "config_reload" in line]
+    assert reloads and reloads[-1]["trigger"] == "sighup" and reloads[-1]["result"] == "ok"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _ready(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url + "/readyz", timeout=1).status == 200
+    except OSError:
+        return False
