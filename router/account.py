@@ -1,17 +1,22 @@
-"""Stage 5 of the pipeline: what a request used and cost, written down once.
+"""Stage 5 of the pipeline: what a request used and cost, written down exactly once.
 
-One structured log line per request: ids, model, tier, rule, status, latency and tokens. Never
+Per request: Prometheus metrics (tokens by type, cost, the counterfactual cost on the requested
+model, latency, errors), the token-estimate feedback, and one structured log line. Never
 message content, never keys.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
+from router.cost import PriceTable, Tokens, tokens_of
 from router.decide import Decision
-from router.forward import Outcome
+from router.forward import Outcome, usd_text
+from router.metrics import OTHER, Metrics
+from router.rules import Policy
 from router.tokens import FactorLearner
 
 
@@ -27,12 +32,118 @@ class Record:
     requested_model: str | None
     outcome: Outcome | None
     seconds: float
+    started_at: float = 0.0
+    """``perf_counter()`` when the request arrived."""
     error_type: str | None = None
+    """The proxy's own error type (or ``client_disconnected``), if it answered itself."""
     estimated_tokens: int | None = None
     """The router's raw (unscaled) input-token estimate, to learn the model's factor from."""
 
 
-def log_fields(record: Record) -> dict[str, Any]:
+@dataclass
+class Books:
+    """What the account stage writes to, owned by the app's lifespan."""
+
+    metrics: Metrics
+    learner: FactorLearner
+    prices: PriceTable = field(default_factory=lambda: PriceTable(None))
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("router.access"))
+    requested_models: frozenset[str] = frozenset()
+    """Model ids allowed as ``requested_model`` label values."""
+    tier_models: dict[str, str] = field(default_factory=dict)
+    """Tier name -> model id, to resolve a requested alias."""
+
+    def configure(self, policy: Policy) -> None:
+        """Adopt a (re)loaded policy: its prices and the label values it allows."""
+        config = policy.config
+        self.prices = PriceTable(config.pricing)
+        models = {t.model for t in config.tiers.values()} | set(self.prices.models())
+        models |= {r.model for r in policy.rules if r.model}
+        self.requested_models = frozenset(models)
+        self.tier_models = {name: tier.model for name, tier in config.tiers.items()}
+        self.metrics.configure(
+            models,
+            [r.name for r in policy.rules],
+            policy.loaded.sha256,
+            policy.loaded.source,
+            config.budgets.daily_usd,
+        )
+
+
+def status_label(record: Record) -> str:
+    """The ``status`` label: the error type if the request failed, else the status class."""
+    if record.error_type:
+        return record.error_type
+    outcome = record.outcome
+    if outcome is not None and outcome.error_type:
+        return outcome.error_type
+    return f"{record.status // 100}xx" if record.status else "client_disconnected"
+
+
+def account(record: Record, books: Books) -> None:
+    """Count the request in the metrics, learn from its usage and write its log line."""
+    metrics = books.metrics
+    decision = record.decision
+    outcome = record.outcome
+    model = metrics.model_label(decision.model if decision else None)
+    tier = (decision.tier or OTHER) if decision else OTHER
+    rule = metrics.rule_label(decision.rule) if decision else "none"
+    metrics.requests.labels(tier, model, rule, status_label(record)).inc()
+
+    cost: Decimal | None = None
+    tokens = Tokens()
+    if outcome is not None and decision is not None:
+        tokens = tokens_of(outcome.usage)
+        cost = _count_usage(record, books, model, tier, rule, tokens)
+        stream = "true" if outcome.stream else "false"
+        metrics.duration.labels(model, stream).observe(record.seconds)
+        if outcome.first_token_seconds is not None:
+            wait = outcome.sent_at - record.started_at + outcome.first_token_seconds
+            metrics.ttft.labels(model, stream).observe(wait)
+        if outcome.error_type:
+            metrics.upstream_errors.labels(model, outcome.error_type).inc()
+        if outcome.status == 200 and record.estimated_tokens and tokens.input_side:
+            books.learner.observe(decision.model, record.estimated_tokens, tokens.input_side)
+            metrics.estimate_ratio.labels(model).observe(
+                tokens.input_side / record.estimated_tokens)
+    if outcome is not None and outcome.sent_at:
+        metrics.overhead.observe(max(0.0, record.seconds - outcome.upstream_seconds))
+    if books.logger.isEnabledFor(logging.INFO):
+        books.logger.info(log_fields(record, tokens, cost))
+
+
+def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
+                 tokens: Tokens) -> Decimal | None:
+    """Count tokens, cost and the counterfactual cost of one answer; return its cost."""
+    if not tokens.input_side and not tokens.output:
+        return None
+    metrics = books.metrics
+    assert record.decision is not None and record.outcome is not None
+    for kind, count in (("input", tokens.input), ("output", tokens.output),
+                        ("cache_read", tokens.cache_read),
+                        ("cache_write_5m", tokens.cache_write_5m),
+                        ("cache_write_1h", tokens.cache_write_1h)):
+        if count:
+            metrics.tokens.labels(model, tier, kind).inc(count)
+    usage = record.outcome.usage
+    cost = record.outcome.cost_usd
+    if cost is None:
+        cost = books.prices.cost(record.decision.model, usage)
+    if cost is None:
+        metrics.unpriced.labels(model).inc()
+        return None
+    metrics.cost.labels(model, tier, rule).inc(float(cost))
+    if record.requested_model is not None:
+        requested = books.tier_models.get(record.requested_model, record.requested_model)
+        would_be = books.prices.cost(requested, usage)
+        label = requested if requested in books.requested_models else OTHER
+        # With no price for the requested model, claim no savings: count what was spent.
+        metrics.counterfactual.labels(label).inc(float(would_be if would_be is not None
+                                                       else cost))
+    return cost
+
+
+def log_fields(record: Record, tokens: Tokens, cost: Decimal | None) -> dict[str, Any]:
     """Return the fields of the request's log line."""
     fields: dict[str, Any] = {
         "event": "request",
@@ -45,7 +156,7 @@ def log_fields(record: Record) -> dict[str, Any]:
     if record.decision is not None:
         fields["requested_model"] = record.requested_model
         fields["model"] = record.decision.model
-        fields["tier"] = record.decision.tier or "other"
+        fields["tier"] = record.decision.tier or OTHER
         fields["rule"] = record.decision.rule
     outcome = record.outcome
     if outcome is not None:
@@ -54,35 +165,17 @@ def log_fields(record: Record) -> dict[str, Any]:
         fields["upstream_ms"] = round(outcome.upstream_seconds * 1000, 3)
         if outcome.first_byte_seconds is not None:
             fields["first_byte_ms"] = round(outcome.first_byte_seconds * 1000, 3)
-        usage = outcome.usage
-        fields["input_tokens"] = usage.input_tokens
-        fields["output_tokens"] = usage.output_tokens
-        fields["cache_read_tokens"] = usage.cache_read_input_tokens
-        fields["cache_write_tokens"] = usage.cache_creation_input_tokens
-        if record.estimated_tokens is not None:
-            fields["estimated_input_tokens"] = record.estimated_tokens
+        fields["input_tokens"] = tokens.input
+        fields["output_tokens"] = tokens.output
+        fields["cache_read_tokens"] = tokens.cache_read
+        fields["cache_write_tokens"] = tokens.cache_write_5m + tokens.cache_write_1h
+        if cost is not None:
+            fields["cost_usd"] = usd_text(cost)
         if outcome.client_disconnected:
             fields["client_disconnected"] = True
+    if record.estimated_tokens is not None:
+        fields["estimated_input_tokens"] = record.estimated_tokens
     error_type = record.error_type or (outcome.error_type if outcome else None)
     if error_type:
         fields["error_type"] = error_type
     return fields
-
-
-def actual_input_tokens(outcome: Outcome) -> int:
-    """All input tokens the upstream reported: uncached, cache writes and cache reads."""
-    usage = outcome.usage
-    return (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (
-        usage.cache_read_input_tokens or 0
-    )
-
-
-def account(record: Record, logger: logging.Logger, learner: FactorLearner) -> None:
-    """Learn from the reported usage, and write the request's log line."""
-    outcome = record.outcome
-    if (outcome is not None and record.decision is not None and outcome.status == 200
-            and record.estimated_tokens):
-        learner.observe(record.decision.model, record.estimated_tokens,
-                        actual_input_tokens(outcome))
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(log_fields(record))

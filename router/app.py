@@ -13,9 +13,11 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
+from router.account import Books
 from router.config import resolve_config_path
 from router.errors import RouterError, error_body, new_request_id
 from router.forward import Upstream
+from router.metrics import Metrics
 from router.parse import header_map
 from router.pipeline import Endpoint, RouterState, explain, proxy
 from router.reload import watching
@@ -62,6 +64,14 @@ def _proxied_tree(root: str, endpoint: Endpoint) -> Any:
         await proxy(_state(scope), endpoint, scope, receive, send)
 
     return asgi(root, is_mount=True, copy_scope=True, name=f"proxy_{endpoint.value}")(handler)
+
+
+@get("/metrics", sync_to_thread=False)
+def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus exposition: summed over all workers when there are several."""
+    state: RouterState = request.app.state.router
+    body, content_type = state.metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @get("/healthz", sync_to_thread=False)
@@ -147,25 +157,32 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
         config = policy.config
         upstream = Upstream(config.upstream)
         await upstream.open()
+        learner = FactorLearner(priors={t.model: t.token_factor for t in config.tiers.values()})
+        books = Books(Metrics(), learner)
+        books.configure(policy)
         state = RouterState(
             policy=policy,
             upstream=upstream,
             counter=TokenCounter.load(),
-            learner=FactorLearner(
-                priors={t.model: t.token_factor for t in config.tiers.values()}
-            ),
+            learner=learner,
             memory=ConversationMemory(
                 config.conversations.memory_seconds, config.conversations.memory_size
             ),
+            books=books,
             config_path=config_path,
         )
         app.state.router = state
 
         def install(new: Policy) -> None:
+            books.configure(new)
             state.policy = new
 
+        def counted(ok: bool) -> None:
+            books.metrics.reloads.labels("ok" if ok else "error").inc()
+
         try:
-            async with watching(config_path, install, config.server.reload_poll_seconds):
+            async with watching(config_path, install, config.server.reload_poll_seconds,
+                                counted):
                 yield
         finally:
             await upstream.close()
@@ -176,6 +193,7 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
             _proxied("/v1/messages/count_tokens", Endpoint.COUNT_TOKENS),
             _proxied_tree("/v1/models", Endpoint.MODELS),
             explain_endpoint,
+            metrics_endpoint,
             healthz,
             readyz,
         ],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -61,8 +62,8 @@ class Features:
     """Kinds of analysis asked for (design, trade-offs, diagnosis, planning, critique,
     justification, performance, cross-cutting implications, refactoring)."""
     simple_markers: int
-    """Kinds of mechanical work asked for (extract, classify, transform/format, short
-    translation, short answer, lookup, pleasantry)."""
+    """Kinds of mechanical work asked for (extract, classify, transform/format, translate a short
+    text, look up one fact, small talk)."""
     proof: bool
     """The task asks for a proof or a derivation."""
     math: bool
@@ -161,7 +162,7 @@ def feature_docs() -> Mapping[str, str]:
         return {}
     docs: dict[str, str] = {}
     body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
-    for node, following in zip(body, body[1:], strict=False):
+    for node, following in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)
@@ -218,9 +219,18 @@ def _user_text(content: str | list[Block]) -> str:
 
 
 def _full_length(content: str | list[Block]) -> int:
-    if isinstance(content, str):
-        return len(content)
-    return sum(len(b["text"]) for b in content if isinstance(b.get("text"), str))
+    """Characters the user wrote in a message: its text, less the harness's reminders."""
+    texts = [content] if isinstance(content, str) else [
+        b["text"] for b in content if b.get("type") == "text" and isinstance(b.get("text"), str)
+    ]
+    return sum(_without_reminders(t) for t in texts)
+
+
+def _without_reminders(text: str) -> int:
+    # Reminders are small; a huge block is a paste, measured as it is.
+    if len(text) > _BLOCK_FULL * 4 or "system-reminder>" not in text:
+        return len(text)
+    return len(_REMINDER.sub("", text).strip())
 
 
 def _has_type(content: str | list[Block], kinds: frozenset[str]) -> bool:
@@ -286,7 +296,7 @@ _REASONING = _kinds(
     # design and architecture
     r"\bdesign(?:s|ing)?\b|architect|system design|data model|\bschema\b",
     # trade-offs and comparison
-    r"trade-?offs?|pros and cons|\bcompare\b|comparison|\bversus\b|\bvs\.?\b|alternatives?"
+    r"trade-?offs?|pros and cons|\bcompare\b|comparison|\bversus\b|(?-i:\bvs\b)|alternatives?"
     r"|which (?:approach|option|design)|\bor\b.{0,40}\?",
     # diagnosis
     r"diagnos|root cause|investigat|figure out|hypothes[ie]s|\bexperiments?\b|\bcauses\b"
@@ -304,8 +314,9 @@ _REASONING = _kinds(
     # performance and scale
     r"scalab|\bat scale\b|throughput|latency|\bp9[59]\b|bottleneck|performance|optimi[sz]",
     # cross-cutting implications
-    r"implica|consequen|interact|\bacross\b|end[- ]to[- ]end|cross[- ](?:cutting|domain|team|border)"
-    r"|strateg|jurisdiction|holistic|dependency graph|dependencies",
+    r"implica|consequen|interact|\bacross\b|end[- ]to[- ]end"
+    r"|cross[- ](?:cutting|domain|team|border)|strateg|jurisdiction|holistic"
+    r"|dependency graph|dependencies",
     # refactoring and restructuring
     r"refactor|restructur|re-?architect|decoupl|moduli[sz]|\bsplit (?:the|our|it)|monolith",
     # breadth: the change spans many parts
@@ -319,6 +330,9 @@ _REASONING = _kinds(
     # other languages' analysis vocabulary
     r"analy[sz]|analis|análisis|analyse|untersuch|évalu|évalue|評価|分析|比较",
 )
+_EXTRACT, _CLASSIFY, _TRANSFORM, _TRANSLATE, _LOOKUP, _SMALLTALK = range(6)
+_SHORT_TEXT: Final = 400
+"""Tasks up to this many characters count a translation as a simple one."""
 _SIMPLE = _kinds(
     # extraction and parsing
     r"\bextract|extrai|extrah|pull out|pull (?:every|all)|\bparse\b|\bocr\b|into json|as json"
@@ -326,20 +340,28 @@ _SIMPLE = _kinds(
     # classification, labelling, routing
     r"classif|categori[sz]|\blabel|\btags?\b|sentiment|\bintent\b|\bpriority\b|triage"
     r"|route (?:it|this|each|the)|which (?:language|category|queue|department|team)"
-    r"|language is this|spam or|is this (?:spam|positive|negative)",
+    r"|language is this|detect the language|what language|spam or"
+    r"|is this (?:spam|positive|negative)",
     # mechanical transformation
     r"\bconvert|reformat|format (?:this|it|as)|\brename\b|\breplace\b|normali[sz]|redact"
     r"|anonymi|de-?dup|\bsort\b|lowercase|uppercase|capitali"
     r"|fix (?:the |my )?(?:grammar|spelling|typos?|punctuation)|proofread|rephrase|reword"
-    r"|more polite|politely|markdown table|into a table|to yaml|to csv|改成|書き換|umschreib",
-    # short translation (long ones are held back by the length checks)
+    r"|more polite|politely|markdown table|into a table|to yaml|to csv|passive voice|active voice"
+    r"|title case|sentence case|(?:past|present|future) tense|(?:comma|tab|semicolon)[- ]separated"
+    r"|one per line|改成|書き換|umschreib",
+    # translation (only counted for short texts: see _TRANSLATION)
     r"translat|übersetz|tradu[cz]|翻译|翻訳|перевед",
-    # lookup of a single fact
+    # lookup of a single fact: the whole ask, or a closing question about material given above
     r"^\s*(?:what|which|who|when|where|how (?:many|much|long|old|do you say)|is|are|does|was"
-    r"|wie viele|qu[ée]|cu[áa]nt|combien)\b[^\n]{0,80}\Z",
+    r"|wie viele|qu[ée]|cu[áa]nt|combien)\b[^\n]{0,80}\Z"
+    r"|(?:^|\n)\s*(?:what|which|who|when|where|how (?:many|much)|is|are|does|do|can|was|were)\b"
+    r"[^\n?]{0,90}\?\s*\Z|\bsynonyms?\b|\bantonyms?\b|\bdefin(?:e|ition)\b|\bmeaning of\b"
+    r"|\bstand for\b|\bacronym|\babbreviation|\bcapital of\b|\bhow (?:do you|to) spell\b"
+    r"|\bhow many\b",
     # pleasantries and recall of something already said
     r"^\s*(?:thanks|thank you|thx|ty|ok(?:ay)?|great|perfect|cool|got it|awesome|nice|cheers"
-    r"|merci|danke|gracias)\b|\bagain\?|remind me|what was (?:the|that)",
+    r"|merci|danke|gracias|hi|hello|hey|good (?:morning|afternoon|evening)|bonjour|hola|hallo)\b"
+    r"[^\n]{0,60}\Z|\bagain\?|remind me|what was (?:the|that)",
 )
 _BREVITY = re.compile(
     r"\b(?:one|single|1)[- ](?:word|line|sentence|number|liner)\b|\bin one line\b"
@@ -348,7 +370,8 @@ _BREVITY = re.compile(
     r"|\bonly (?:the|output|return|answer|reply)\b|\byes or no\b|\byes/no\b|\btrue or false\b"
     r"|\b[1-9]\s*[-–]\s*[1-9] (?:words?|lines|sentences|bullets)\b"
     r"|\b(?:[1-3]?[0-9]|40)\s*[-–]\s*(?:[1-4]?[0-9]|50) words\b|\bunder (?:[1-4]?[0-9]|50) words\b"
-    r"|\b(?:quick|short|brief)(?:ly)?\b|\b(?:a|the) title for\b|\bcommit message\b"
+    r"|\bquick(?:ly)?\b|\bbriefly\b|\bkeep it short\b|\bshort answer\b|\b(?:a|the) title for\b"
+    r"|\bcommit message\b"
     r"|\bone decimal\b|\bno explanation|\bjust (?:tell|give)|\bfor a slide\b",
     re.IGNORECASE,
 )
@@ -366,8 +389,16 @@ _ASK_SPLIT = re.compile(
     r"\?|(?:^|[.!?;:]\s+|\band\s+|,\s+)(?:\(?\d+[.)]\s*|\([a-z]\)\s*|[-*•]\s*)?"
     r"(?:give|list|show|explain|describe|design|propose|identify|compare|derive|prove|write|include"
     r"|rank|recommend|analy[sz]e|estimate|walk through|discuss|find|flag|tell|suggest|add|draft"
-    r"|summari[sz]e|outline|evaluate|assess|justify|plan|diagnose|review|implement|fix|say)\b",
+    r"|summari[sz]e|outline|evaluate|assess|justify|plan|diagnose|review|implement|fix|say|rename"
+    r"|convert|extract|translate|classify|categori[sz]e|format|rewrite|refactor|migrate"
+    r"|investigate|check|create|build|turn|pull|redact|parse|answer|critique|resume|résume"
+    r"|traduis|traduce|übersetze|fasse|erkläre|explique|analyse)\b",
     re.IGNORECASE | re.MULTILINE,
+)
+_REQUEST = re.compile(
+    r"\b(?:please|pls|can you|could you|would you|i need|i want|i'd like|help me|give me|tell me"
+    r"|let me know|bitte|s'il (?:te|vous) pla[iî]t|por favor)\b|请|ください",
+    re.IGNORECASE,
 )
 _CODE_LINE = re.compile(
     r"^(?:[ \t]{2,}\S.*|.*[;{}]\s*|.*\w\([^()]*\)\s*:?\s*|```.*"
@@ -411,7 +442,7 @@ def _count_kinds(patterns: Sequence[re.Pattern[str]], text: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Conversation:
-    """Facts about the message list, gathered in one backward walk."""
+    """Structural facts about the message list (block types only; no text is scanned)."""
 
     task_content: str | list[Block] | None
     task_from_history: bool
@@ -421,7 +452,6 @@ class _Conversation:
     tool_results: int
     tool_errors: int
     tool_result_chars: int
-    tool_result_sample: str
     tool_loop_depth: int
     history_thinking: bool
 
@@ -453,7 +483,7 @@ def _conversation(messages: Sequence[MessageParam]) -> _Conversation:
                     history_thinking = True
 
     # Latest user turn's tool results: how many, how big, whether they read like failures.
-    results, errors, chars, samples = 0, 0, 0, []
+    results = errors = chars = 0
     latest_user = next((m for m in reversed(messages) if m.role == "user"), None)
     if latest_user is not None and not isinstance(latest_user.content, str):
         for block in latest_user.content:
@@ -462,10 +492,9 @@ def _conversation(messages: Sequence[MessageParam]) -> _Conversation:
             results += 1
             text = _result_text(block.get("content"))
             chars += len(text)
-            sample = text[:_RESULT_SAMPLE]
-            if len(samples) < _RESULTS_SAMPLED:
-                samples.append(sample)
-            if block.get("is_error") is True or _TOOL_FAILURE.search(sample):
+            if block.get("is_error") is True or (
+                results <= _RESULTS_SAMPLED and _TOOL_FAILURE.search(text[:_RESULT_SAMPLE])
+            ):
                 errors += 1
 
     depth = 0
@@ -505,7 +534,6 @@ def _conversation(messages: Sequence[MessageParam]) -> _Conversation:
         tool_results=results,
         tool_errors=errors,
         tool_result_chars=chars,
-        tool_result_sample="\n".join(samples),
         tool_loop_depth=depth,
         history_thinking=history_thinking,
     )
@@ -563,26 +591,40 @@ def _instruction(prose: str) -> str:
         return prose
     paragraphs = [p for p in _PARAGRAPH.split(prose) if p.strip()]
     if len(paragraphs) <= 2:
-        return prose[:_INSTRUCTION_PART] + "\n\n" + prose[-_INSTRUCTION_PART:]
-    return paragraphs[0][:_INSTRUCTION_PART] + "\n\n" + paragraphs[-1][-_INSTRUCTION_PART:]
+        head, tail = prose[:_INSTRUCTION_PART], prose[-_INSTRUCTION_PART:]
+    else:
+        head, tail = paragraphs[0][:_INSTRUCTION_PART], paragraphs[-1][-_INSTRUCTION_PART:]
+    # Keep the end that asks something (a question, a request, an imperative); a paper's
+    # abstract or a contract's preamble is material even though it comes first.
+    asking = [p for p in (head, tail) if _REQUEST.search(p) or _ASK_SPLIT.search(p)]
+    return "\n\n".join(asking or (head, tail))
 
 
-def _task_signals(text: str) -> _TaskSignals:
+def _task_signals(text: str, task_chars: int) -> _TaskSignals:
     code_lines = len(_CODE_LINE.findall(text))
     data_lines = len(_DATA_LINE.findall(text))
     prose = _DATA_LINE.sub("", _CODE_LINE.sub("", text)) if code_lines or data_lines else text
     ask = _instruction(prose)
     # The domain shows anywhere (a protocol described in the material is still cryptography);
     # what is asked, and how much, is read from the instruction alone.
+    reasoning = _count_kinds(_REASONING, ask)
+    simple = [bool(p.search(ask)) for p in _SIMPLE]
+    if task_chars > _SHORT_TEXT:
+        simple[_TRANSLATE] = False  # translating a page is drafting work, not a lookup
+    if reasoning:
+        simple[_LOOKUP] = False  # "what are the trade-offs of X?" is a question, not a fact
+    simple_kinds = sum(simple)
+    # "Rewrite this sentence in the passive voice" uses a writing verb for a mechanical edit.
+    explain = bool(_EXPLAIN.search(ask)) and not (simple_kinds and task_chars < 200)
     return _TaskSignals(
         hard=_count_kinds(_HARD, prose),
-        reasoning=_count_kinds(_REASONING, ask),
-        simple=_count_kinds(_SIMPLE, ask),
+        reasoning=reasoning,
+        simple=simple_kinds,
         proof=bool(_PROOF.search(prose)),
         math=bool(_MATH.search(prose)),
         brevity=bool(_BREVITY.search(ask)),
         basics=bool(_BASICS.search(ask)),
-        explain=bool(_EXPLAIN.search(ask)),
+        explain=explain,
         steps=len(_ASK_SPLIT.findall(ask)),
         code_lines=code_lines,
         data_lines=data_lines,
@@ -624,7 +666,8 @@ def _score(
     substantial = sig.hard > 0 or sig.proof or sig.reasoning >= 2 or sig.prose_words >= 60
     if sig.explain and not sig.brevity:
         score += 6  # writing, explaining, implementing: generative work, not a lookup
-    if task_chars < 100 and not substantial and not sig.explain and conv.user_turns <= 1:
+    opener = conv.user_turns <= 1
+    if task_chars < 100 and opener and not (substantial or sig.reasoning or sig.explain):
         # A one-line opener with no analysis words is a question or a command. Later in a
         # conversation a short turn ("2. hide it") continues work of the thread's size.
         score -= 10
@@ -699,7 +742,7 @@ def classify(
     conv = _conversation(request.messages)
     task_text = _user_text(conv.task_content) if conv.task_content is not None else ""
     task_chars = _full_length(conv.task_content) if conv.task_content is not None else 0
-    sig = _task_signals(task_text)
+    sig = _task_signals(task_text, task_chars)
 
     thinking_block = request.thinking or {}
     kind = thinking_block.get("type")
@@ -719,7 +762,8 @@ def classify(
     # A short task-spec system prompt ("Classify... Reply with one word") makes every turn a
     # mechanical one; a persona or agent prompt does not match these and changes nothing.
     system_simple = bool(system_head) and (
-        _count_kinds(_SIMPLE[:3], system_head) > 0 or bool(_SYSTEM_SPEC.search(system_head))
+        _count_kinds(_SIMPLE[_EXTRACT : _CLASSIFY + 1], system_head) > 0
+        or bool(_SYSTEM_SPEC.search(system_head))
     )
     max_tokens = request.max_tokens if isinstance(request, MessagesRequest) else 0
 

@@ -99,6 +99,50 @@ class ConversationConfig(_Section, frozen=True, kw_only=True):
     """Most conversations remembered per worker; the least recently used go first."""
 
 
+class LongContextPrice(_Section, frozen=True, kw_only=True):
+    """Rates that apply to a whole request once its input exceeds ``threshold`` tokens."""
+
+    threshold: int
+    input: float
+    output: float
+
+
+class ModelPrice(_Section, frozen=True, kw_only=True):
+    """List prices of one model, USD per million tokens."""
+
+    input: float
+    output: float
+    cache_write_5m: float
+    cache_write_1h: float
+    cache_read: float
+    aliases: tuple[str, ...] = ()
+    """Other ids billed the same (dated snapshots)."""
+    long_context: LongContextPrice | None = None
+    geo_multiplier: bool = False
+    """Whether ``inference_geo`` multipliers apply to this model."""
+
+
+class PricingConfig(_Section, frozen=True, kw_only=True):
+    """The dated price table: cost is computed from the usage the API reports and these rates."""
+
+    checked: str
+    """The date the prices were last checked against the source."""
+    source: str = ""
+    web_search_per_1000: float = 10.0
+    """USD per 1,000 web searches (server tool)."""
+    batch_discount: float = 0.5
+    """Share of the price paid when the API reports ``service_tier: batch``."""
+    inference_geo: dict[str, float] = {}
+    """Multipliers by reported ``inference_geo`` (e.g. ``us: 1.1``), for models that opt in."""
+    models: dict[str, ModelPrice] = {}
+
+
+class BudgetsConfig(_Section, frozen=True, kw_only=True):
+    """Spend budgets, exported as metrics for alerts to compare against."""
+
+    daily_usd: float | None = None
+
+
 class Config(_Section, frozen=True, kw_only=True):
     """The whole of ``router.yaml``."""
 
@@ -111,6 +155,8 @@ class Config(_Section, frozen=True, kw_only=True):
     default: str = "sonnet"
     """Where requests no rule routes go: a tier name, a model id, or ``requested`` (keep it)."""
     conversations: ConversationConfig = ConversationConfig()
+    pricing: PricingConfig | None = None
+    budgets: BudgetsConfig = BudgetsConfig()
 
     def tier_model(self, tier: Tier) -> str:
         """Return the model id a tier sends to."""

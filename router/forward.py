@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -138,13 +139,15 @@ def client_headers(
 class StreamUsage:
     """Reads usage and errors from an SSE byte stream as it passes, without altering it."""
 
-    __slots__ = ("_buffer", "error_type", "events", "usage")
+    __slots__ = ("_buffer", "error_type", "events", "first_content_at", "usage")
 
     def __init__(self) -> None:
         self._buffer = b""
         self.usage = Usage()
         self.error_type: str | None = None
         self.events = 0
+        self.first_content_at: float | None = None
+        """``perf_counter()`` when the first content delta passed: time to first token."""
 
     def feed(self, chunk: bytes) -> None:
         """Consume the next chunk of the stream."""
@@ -161,6 +164,8 @@ class StreamUsage:
         if not block.startswith(b"event:"):
             return
         self.events += 1
+        if self.first_content_at is None and block.startswith(b"event: content_block_delta"):
+            self.first_content_at = time.perf_counter()
         # Only three events matter here; the many content deltas are skipped at a glance.
         if not block.startswith((b"event: message_", b"event:message_", b"event: error",
                                  b"event:error")):
@@ -192,13 +197,22 @@ class Outcome:
     error_type: str | None = None
     """The upstream's error type (HTTP error or mid-stream ``error`` event), or the proxy's."""
     upstream_request_id: str | None = None
+    sent_at: float = 0.0
+    """``perf_counter()`` when the request went upstream."""
     upstream_seconds: float = 0.0
     """From sending the request to the end of the answer."""
     first_byte_seconds: float | None = None
     """From sending the request to the first byte of the answer's body."""
+    first_token_seconds: float | None = None
+    """From sending the request to the first content delta (the whole body if not streamed)."""
+    cost_usd: Decimal | None = None
+    """Cost of the answer when it was computed on the way (for ``x-router-cost-usd``)."""
     client_disconnected: bool = False
     complete: bool = False
     """The whole answer reached the client."""
+
+
+Pricer = Callable[[Usage], Decimal | None]
 
 
 async def relay(
@@ -206,14 +220,16 @@ async def relay(
     send: Send,
     extra_headers: Iterable[tuple[str, str]],
     outcome: Outcome,
-    started: float,
     request_id: str,
+    pricer: Pricer | None = None,
 ) -> None:
     """Relay an upstream response to the ASGI client, filling ``outcome`` as it goes.
 
     A stream that breaks after its first byte is ended with an Anthropic-shaped ``error`` event,
-    so a client never mistakes half an answer for a whole one.
+    so a client never mistakes half an answer for a whole one. ``pricer`` prices a non-streamed
+    answer before its headers go out, for the ``x-router-cost-usd`` header.
     """
+    started = outcome.sent_at
     outcome.status = response.status
     outcome.upstream_request_id = response.headers.get("request-id")
     content_type = response.headers.get("content-type", "")
@@ -226,9 +242,13 @@ async def relay(
             kind = UpstreamTimeout if isinstance(exc, asyncio.TimeoutError) else UpstreamUnavailable
             raise kind("upstream broke off its answer") from exc
         outcome.first_byte_seconds = time.perf_counter() - started
-        outcome.upstream_seconds = outcome.first_byte_seconds
+        outcome.upstream_seconds = outcome.first_token_seconds = outcome.first_byte_seconds
         if response.status == 200:
             outcome.usage = usage_of_message(body) or Usage()
+            if pricer is not None:
+                outcome.cost_usd = pricer(outcome.usage)
+                if outcome.cost_usd is not None:
+                    headers.append((b"x-router-cost-usd", usd_text(outcome.cost_usd).encode()))
         else:
             outcome.error_type = _error_type_of_body(body, response.status)
         headers.append((b"content-length", str(len(body)).encode()))
@@ -255,8 +275,15 @@ async def relay(
     outcome.usage = tracker.usage
     outcome.error_type = tracker.error_type
     outcome.upstream_seconds = time.perf_counter() - started
+    if tracker.first_content_at is not None:
+        outcome.first_token_seconds = tracker.first_content_at - started
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.complete = tracker.error_type is None
+
+
+def usd_text(usd: Decimal) -> str:
+    """Format a cost for a header: plain decimal, to a millionth of a cent."""
+    return f"{usd.quantize(Decimal('1e-8')).normalize():f}"
 
 
 def _error_type_of_body(body: bytes, status: int) -> str:

@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
 import aiohttp
 
-from router.account import Record, account
+from router.account import Books, Record, account
 from router.body import ClientGone, Receive, read_body, with_model
 from router.classify import Features, classify
 from router.decide import Decision, decide, resolve_model, tier_of_model
 from router.errors import MethodNotAllowed, RouterError, error_body, new_request_id
-from router.forward import Outcome, Send, Upstream, relay, upstream_headers
+from router.forward import Outcome, Pricer, Send, Upstream, relay, upstream_headers
+from router.metrics import Metrics
 from router.parse import Parsed, header_map, parse_count_tokens, parse_messages, require_api_key
 from router.rules import Policy
 from router.sessions import ConversationMemory, conversation_key
 from router.tokens import FactorLearner, TokenCounter, TokenEstimate
+from router.wire import Usage
 
 
 class Endpoint(Enum):
@@ -52,9 +54,15 @@ class RouterState:
     counter: TokenCounter
     learner: FactorLearner
     memory: ConversationMemory
+    books: Books
+    """The account stage: prices, metrics, the log."""
     config_path: str | None = None
     """The file to reload from; None for the embedded default."""
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("router.access"))
+
+    @property
+    def metrics(self) -> Metrics:
+        """The app's metrics."""
+        return self.books.metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +175,13 @@ async def proxy(
     t0 = time.perf_counter()
     request_id = new_request_id()
     exchange = _Exchange(send)
-    decision: Decision | None = None
+    policy = state.policy  # one policy for the whole request, even if a reload lands meanwhile
     routed: Routed | None = None
     requested: str | None = None
     outcome: Outcome | None = None
     error_type: str | None = None
     status = 0
+    state.metrics.in_flight.inc()
     try:
         if scope["method"] != endpoint.method:
             raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}")
@@ -181,21 +190,21 @@ async def proxy(
         body: bytes | None = None
         extra: list[tuple[str, str]] = []
         if endpoint is not Endpoint.MODELS:
-            limit = state.policy.config.server.max_body_bytes
+            limit = policy.config.server.max_body_bytes
             body = await read_body(receive, headers.get("content-length"), limit)
             parse = parse_messages if endpoint is Endpoint.MESSAGES else parse_count_tokens
             parsed = parse(body, headers)
             requested = parsed.request.model
             estimate = await estimate_tokens(state.counter, parsed)
-            routed = route(parsed, estimate, state.policy, state.learner, state.memory)
-            decision = routed.decision
+            routed = route(parsed, estimate, policy, state.learner, state.memory)
             if routed.conversation is not None:
-                state.memory.remember(routed.conversation, decision.model)
-            body = with_model(body, requested, decision.model)
-            extra = router_headers(decision)
+                state.memory.remember(routed.conversation, routed.decision.model)
+            body = with_model(body, requested, routed.decision.model)
+            extra = router_headers(routed.decision)
         outcome = Outcome()
+        pricer = _pricer(state, routed.decision.model) if routed else None
         await _forward_watching_client(
-            state.upstream, scope, receive, exchange, body, extra, outcome, request_id
+            state.upstream, scope, receive, exchange, body, extra, outcome, request_id, pricer
         )
         status = outcome.status
     except ClientGone:
@@ -207,19 +216,30 @@ async def proxy(
         if not exchange.started:
             await _send_error(exchange, err, request_id)
     finally:
+        state.metrics.in_flight.dec()
         record = Record(
             request_id=request_id,
             method=scope["method"],
             path=scope["path"],
             status=status,
-            decision=decision,
+            decision=routed.decision if routed else None,
             requested_model=requested,
             outcome=outcome,
             seconds=time.perf_counter() - t0,
+            started_at=t0,
             error_type=error_type,
             estimated_tokens=routed.estimate.tokens if routed else None,
         )
-        account(record, state.logger, state.learner)
+        account(record, state.books)
+
+
+def _pricer(state: RouterState, model: str) -> Pricer:
+    prices = state.books.prices
+
+    def price(usage: Usage) -> Decimal | None:
+        return prices.cost(model, usage)
+
+    return price
 
 
 async def _forward_watching_client(
@@ -231,10 +251,11 @@ async def _forward_watching_client(
     extra: list[tuple[str, str]],
     outcome: Outcome,
     request_id: str,
+    pricer: Pricer | None,
 ) -> None:
     """Forward and relay, but stop at once (and stop the upstream) if the client goes away."""
     work = asyncio.ensure_future(
-        _forward(upstream, scope, exchange, body, extra, outcome, request_id)
+        _forward(upstream, scope, exchange, body, extra, outcome, request_id, pricer)
     )
     watcher = asyncio.ensure_future(_disconnected(receive))
     try:
@@ -266,15 +287,16 @@ async def _forward(
     extra: list[tuple[str, str]],
     outcome: Outcome,
     request_id: str,
+    pricer: Pricer | None,
 ) -> None:
     query = scope.get("query_string", b"")
     path_qs = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-    sent_at = time.perf_counter()
+    outcome.sent_at = time.perf_counter()
     response = await upstream.send(
         scope["method"], path_qs, upstream_headers(scope["headers"]), body
     )
     try:
-        await relay(response, exchange, extra, outcome, sent_at, request_id)
+        await relay(response, exchange, extra, outcome, request_id, pricer)
     finally:
         _let_go(response, reuse=outcome.complete)
 

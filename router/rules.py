@@ -357,9 +357,32 @@ def compile_policy(loaded: LoadedConfig) -> Policy:
     if default not in config.tiers and default != "requested" and not default.startswith("claude"):
         problems.append(f"default (line {loaded.line_of('$.default')}): '{default}' is neither "
                         "a tier (haiku, sonnet, opus), 'requested', nor a claude-* model id")
+    problems.extend(_unpriced(loaded, rules))
     if problems:
         raise ConfigError(loaded.source, problems)
     return Policy(loaded, tuple(rules))
+
+
+def _unpriced(loaded: LoadedConfig, rules: list[Rule]) -> list[str]:
+    """Models the config routes to that have no price (only once a price table exists)."""
+    pricing = loaded.config.pricing
+    if pricing is None:
+        return []
+    priced = {m for name, p in pricing.models.items() for m in (name, *p.aliases)}
+    problems = [
+        f"tiers.{name}.model (line {loaded.line_of(f'$.tiers.{name}.model')}): "
+        f"'{tier.model}' has no price in pricing.models"
+        for name, tier in loaded.config.tiers.items() if tier.model not in priced
+    ]
+    problems += [
+        f"{rule.label}: model '{rule.model}' has no price in pricing.models"
+        for rule in rules if rule.model is not None and rule.model not in priced
+    ]
+    default = loaded.config.default
+    if default.startswith("claude") and default not in priced:
+        problems.append(f"default (line {loaded.line_of('$.default')}): '{default}' has no "
+                        "price in pricing.models")
+    return problems
 
 
 def _located(message: str, label: str, path: str, loaded: LoadedConfig) -> str:

@@ -72,6 +72,8 @@ class Usage(msgspec.Struct, frozen=True):
     cache_read_input_tokens: int | None = None
     cache_creation: CacheCreation | None = None
     server_tool_use: ServerToolUse | None = None
+    service_tier: str | None = None
+    inference_geo: str | None = None
 
     def updated(self, newer: Usage) -> Usage:
         """Return this usage with every field ``newer`` reports overwritten.

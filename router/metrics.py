@@ -1,0 +1,158 @@
+"""Every Prometheus metric the proxy exports, on a per-app registry.
+
+Labels are bounded: tier, model, rule and status come from the config or a fixed list, and
+anything else a client sends becomes ``other``. With several workers the metrics are summed
+across them through prometheus-client's multiprocess mode (see :func:`multiprocess_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+                   300.0, 600.0)
+"""LLM answers take from tens of milliseconds (a cached count) to minutes (long thinking)."""
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25)
+RATIO_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 1.75, 2.0, 3.0)
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
+OTHER = "other"
+FIXED_RULES = frozenset({"default", "conversation", "none"})
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory of this process, if metrics are shared across workers."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def fresh_multiprocess_dir() -> str:
+    """Create a private, empty directory for one ``router serve`` and its workers.
+
+    Private so that two proxies on one host never mix their metrics; it is removed on exit by
+    :func:`remove_multiprocess_dir`.
+    """
+    base = os.environ.get("ROUTER_METRICS_DIR") or None
+    return tempfile.mkdtemp(prefix="router-metrics-", dir=base)
+
+
+def remove_multiprocess_dir(path: str) -> None:
+    """Remove a directory made by :func:`fresh_multiprocess_dir`."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def forget_dead_workers(path: str) -> None:
+    """Drop the live gauges (in-flight requests) of workers that are gone.
+
+    Their counters stay: what they counted happened.
+    """
+    for file in Path(path).glob("gauge_live*_*.db"):
+        pid = int(file.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass
+
+
+class Metrics:
+    """The proxy's metrics; one instance per app, created in its lifespan."""
+
+    def __init__(self) -> None:
+        shared = multiprocess_dir()
+        if shared:
+            forget_dead_workers(shared)
+            # Metrics register nowhere: the collector reads every worker's files instead.
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry, path=shared)  # type: ignore[no-untyped-call]
+            reg: CollectorRegistry | None = None
+        else:
+            self.registry = reg = CollectorRegistry()
+        self.requests = Counter(
+            "router_requests", "Requests answered, by where they were routed and how they ended.",
+            ("tier", "model", "rule", "status"), registry=reg)
+        self.tokens = Counter(
+            "router_tokens", "Tokens the upstream reported, by type.", ("model", "tier", "type"),
+            registry=reg)
+        self.cost = Counter(
+            "router_cost_usd", "USD spent, from reported usage and the configured prices.",
+            ("model", "tier", "rule"), registry=reg)
+        self.counterfactual = Counter(
+            "router_counterfactual_cost_usd",
+            "USD the same usage would have cost on the model the client asked for.",
+            ("requested_model",), registry=reg)
+        self.unpriced = Counter(
+            "router_unpriced_requests", "Answers whose model has no price: cost unknown.",
+            ("model",), registry=reg)
+        self.duration = Histogram(
+            "router_request_duration_seconds", "Time from request received to answer complete.",
+            ("model", "stream"), buckets=LATENCY_BUCKETS, registry=reg)
+        self.ttft = Histogram(
+            "router_time_to_first_token_seconds",
+            "Time from request received to the first content (whole body when not streamed).",
+            ("model", "stream"), buckets=LATENCY_BUCKETS, registry=reg)
+        self.overhead = Histogram(
+            "router_proxy_overhead_seconds", "Time spent in the proxy itself, upstream excluded.",
+            buckets=OVERHEAD_BUCKETS, registry=reg)
+        self.upstream_errors = Counter(
+            "router_upstream_errors", "Errors from the upstream: HTTP errors and stream errors.",
+            ("model", "type"), registry=reg)
+        self.in_flight = Gauge(
+            "router_in_flight_requests", "Requests being served now.",
+            multiprocess_mode="livesum", registry=reg)
+        self.estimate_ratio = Histogram(
+            "router_token_estimate_ratio",
+            "Reported input tokens divided by the router's estimate.",
+            ("model",), buckets=RATIO_BUCKETS, registry=reg)
+        self.reloads = Counter(
+            "router_config_reloads", "Config reload attempts.", ("result",), registry=reg)
+        self.config_info = Gauge(
+            "router_config_info", "The live config (1) and replaced ones (0).",
+            ("sha256", "source"), multiprocess_mode="max", registry=reg)
+        self.budget_daily = Gauge(
+            "router_budget_daily_usd", "The daily spend budget from router.yaml.",
+            multiprocess_mode="max", registry=reg)
+        self.known_models: frozenset[str] = frozenset()
+        self.known_rules: frozenset[str] = frozenset()
+        self._live: tuple[str, str] | None = None
+
+    def configure(self, models: Iterable[str], rules: Iterable[str], sha256: str, source: str,
+                  daily_budget: float | None) -> None:
+        """Adopt a (re)loaded config: the label values it allows and its identity."""
+        self.known_models = frozenset(models)
+        self.known_rules = frozenset(rules) | FIXED_RULES
+        if self._live is not None:
+            self.config_info.labels(*self._live).set(0)
+        self._live = (sha256, source)
+        self.config_info.labels(sha256, source).set(1)
+        self.budget_daily.set(daily_budget or 0)
+        # Zero series for the common labels, so rates and alerts have data from the start.
+        for result in ("ok", "error"):
+            self.reloads.labels(result)
+
+    def model_label(self, model: str | None) -> str:
+        """``model`` if the config knows it, else ``other``."""
+        return model if model in self.known_models else OTHER
+
+    def rule_label(self, rule: str | None) -> str:
+        """``rule`` if the config knows it, else ``other``."""
+        return rule if rule in self.known_rules else OTHER
+
+    def exposition(self) -> tuple[bytes, str]:
+        """Return the text exposition and its content type, for ``GET /metrics``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
