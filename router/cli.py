@@ -61,6 +61,7 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
 
     from router.app import create_app
     from router.logs import configure_logging
+    from router.metrics import MULTIPROC_ENV, fresh_multiprocess_dir, remove_multiprocess_dir
 
     path = resolve_config_path(config_path)
     policy = _load_or_exit(path)
@@ -74,7 +75,7 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         f"{workers} worker{'s' if workers > 1 else ''})",
         err=True,
     )
-    common = {
+    common: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_config": None,
@@ -84,10 +85,17 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         "date_header": False,
         "timeout_graceful_shutdown": 30,
     }
-    if workers > 1:
-        uvicorn.run("router.app:create_app", factory=True, workers=workers, **common)  # type: ignore[arg-type]
-    else:
-        uvicorn.run(create_app(policy, path), **common)  # type: ignore[arg-type]
+    if workers == 1:
+        os.environ.pop(MULTIPROC_ENV, None)
+        uvicorn.run(create_app(policy, path), **common)
+        return
+    # Workers sum their metrics through files in a directory private to this server.
+    shared = fresh_multiprocess_dir()
+    os.environ[MULTIPROC_ENV] = shared
+    try:
+        uvicorn.run("router.app:create_app", factory=True, workers=workers, **common)
+    finally:
+        remove_multiprocess_dir(shared)
 
 
 @cli.command()
