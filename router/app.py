@@ -21,6 +21,7 @@ from router.metrics import Metrics
 from router.parse import header_map
 from router.pipeline import Endpoint, RouterState, explain, proxy
 from router.reload import watching
+from router.resilience import Breakers, Gate
 from router.rules import Policy, load_policy
 from router.sessions import ConversationMemory
 from router.tokens import FactorLearner, TokenCounter
@@ -169,6 +170,8 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
                 config.conversations.memory_seconds, config.conversations.memory_size
             ),
             books=books,
+            breakers=Breakers(config.upstream.breaker),
+            gate=Gate(config.server.max_in_flight, config.server.max_buffered_bytes),
             config_path=config_path,
         )
         app.state.router = state

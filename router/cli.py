@@ -83,7 +83,7 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         # The upstream's own date/server headers are relayed instead.
         "server_header": False,
         "date_header": False,
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": policy.config.server.grace_seconds,
     }
     if workers == 1:
         os.environ.pop(MULTIPROC_ENV, None)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -29,6 +29,39 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
+class TimeoutsConfig(_Section, frozen=True, kw_only=True):
+    """Seconds the proxy waits on the upstream; a tier may override any of them."""
+
+    connect: float | None = None
+    """To open a TCP/TLS connection."""
+    first_byte: float | None = None
+    """From sending the request to the answer's status line (thinking models take long)."""
+    idle: float | None = None
+    """Between two chunks of an answer; a silent stream is ended with an ``error`` event."""
+    total: float | None = None
+    """For the whole request, retries and fallbacks included."""
+
+
+class RetryConfig(_Section, frozen=True, kw_only=True):
+    """Retries of one model before any byte of the answer reached the client."""
+
+    attempts: int | None = None
+    """Tries per model, the first included (1 = no retry)."""
+    base_delay: float | None = None
+    """Seconds before the first retry; doubles each time, with jitter."""
+    max_delay: float | None = None
+    """Cap of one backoff delay; a longer ``retry-after`` is not waited for."""
+
+
+class BreakerConfig(_Section, frozen=True, kw_only=True):
+    """The circuit breaker of each upstream model."""
+
+    failures: int = 5
+    """Consecutive failed attempts (5xx, 529, connection errors, timeouts) that open it."""
+    cooldown: float = 30.0
+    """Seconds it stays open (requests go straight to the fallback), before one probe."""
+
+
 class UpstreamConfig(_Section, frozen=True, kw_only=True):
     """Where and how the proxy talks to the Messages API."""
 
@@ -36,12 +69,14 @@ class UpstreamConfig(_Section, frozen=True, kw_only=True):
     """Root URL of the upstream API; the env var ROUTER_UPSTREAM_URL overrides it."""
     trust_env: bool = False
     """Honour HTTP_PROXY/HTTPS_PROXY. Off by default: corporate proxies break TLS to the API."""
-    connect_timeout: float = 5.0
-    """Seconds to open a TCP/TLS connection to the upstream."""
-    read_timeout: float = 600.0
-    """Seconds the upstream may stay silent: before the first byte, and between stream chunks."""
     max_connections: int = 1000
     """Size of the keep-alive pool, per worker."""
+    timeouts: TimeoutsConfig = TimeoutsConfig(connect=5.0, first_byte=600.0, idle=300.0,
+                                              total=3600.0)
+    """Defaults for every tier."""
+    retry: RetryConfig = RetryConfig(attempts=3, base_delay=0.5, max_delay=8.0)
+    """Defaults for every tier."""
+    breaker: BreakerConfig = BreakerConfig()
 
 
 class TierConfig(_Section, frozen=True, kw_only=True):
@@ -55,6 +90,12 @@ class TierConfig(_Section, frozen=True, kw_only=True):
     """Globs of requested model ids that count as this tier (e.g. ``claude-haiku-*``)."""
     token_factor: float = 1.0
     """Claude tokens per tiktoken token for this tier's model: the prior, refined from usage."""
+    fallbacks: tuple[Tier, ...] = ()
+    """Tiers tried, in order, when this tier's model stays overloaded or unavailable."""
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    """Overrides of ``upstream.timeouts`` for this tier."""
+    retry: RetryConfig = RetryConfig()
+    """Overrides of ``upstream.retry`` for this tier."""
 
 
 class ServerConfig(_Section, frozen=True, kw_only=True):
@@ -65,6 +106,12 @@ class ServerConfig(_Section, frozen=True, kw_only=True):
     reload_poll_seconds: float = 1.0
     """How often the config file is checked for changes; 0 turns polling off (SIGHUP still
     reloads)."""
+    max_in_flight: int = 512
+    """Requests served at once per worker; past it the proxy answers 529 at once."""
+    max_buffered_bytes: int = 512 * 1024 * 1024
+    """Request-body bytes held at once per worker; past it the proxy answers 529 at once."""
+    grace_seconds: float = 30.0
+    """On SIGTERM, how long in-flight requests and streams may run before the worker exits."""
 
 
 class RuleConfig(_Section, frozen=True, kw_only=True):
@@ -162,6 +209,25 @@ class Config(_Section, frozen=True, kw_only=True):
         """Return the model id a tier sends to."""
         return self.tiers[tier].model
 
+    def timeouts(self, tier: Tier | None) -> TimeoutsConfig:
+        """Return the timeouts of a tier: its own settings over ``upstream.timeouts``."""
+        return _merged(self.upstream.timeouts, self.tiers[tier].timeouts if tier else None)
+
+    def retry(self, tier: Tier | None) -> RetryConfig:
+        """Return the retry settings of a tier: its own over ``upstream.retry``."""
+        return _merged(self.upstream.retry, self.tiers[tier].retry if tier else None)
+
+
+S = TypeVar("S", TimeoutsConfig, RetryConfig)
+
+
+def _merged(base: S, override: S | None) -> S:
+    """Return ``base`` with every field ``override`` sets replaced."""
+    if override is None:
+        return base
+    changes = {f: v for f in override.__struct_fields__ if (v := getattr(override, f)) is not None}
+    return msgspec.structs.replace(base, **changes)
+
 
 @dataclass(frozen=True)
 class LoadedConfig:
@@ -257,6 +323,20 @@ def semantic_problems(config: Config) -> list[str]:
     for name, tier in config.tiers.items():
         if tier.token_factor <= 0:
             problems.append(f"tiers.{name}.token_factor: must be positive")
+        if name in tier.fallbacks:
+            problems.append(f"tiers.{name}.fallbacks: a tier cannot fall back to itself")
+    for scope, timeouts in [("upstream", config.upstream.timeouts)] + [
+        (f"tiers.{n}", t.timeouts) for n, t in config.tiers.items()
+    ]:
+        for key in timeouts.__struct_fields__:
+            value = getattr(timeouts, key)
+            if value is not None and value <= 0:
+                problems.append(f"{scope}.timeouts.{key}: must be positive")
+    for scope, retry in [("upstream", config.upstream.retry)] + [
+        (f"tiers.{n}", t.retry) for n, t in config.tiers.items()
+    ]:
+        if retry.attempts is not None and retry.attempts < 1:
+            problems.append(f"{scope}.retry.attempts: must be at least 1")
     return problems
 
 

@@ -45,6 +45,8 @@ class Decision:
     """One line a person can read."""
     trace: tuple[Trace, ...] = field(default=(), compare=False)
     """Every rule tried, when asked for (``explain``)."""
+    fallbacks: tuple[str, ...] = ()
+    """Models to try, in order, if ``model`` stays overloaded or unavailable."""
 
 
 def tier_of_model(config: Config, model: str) -> Tier | None:
@@ -94,6 +96,8 @@ def decide(
             effect = _effect(rule) if matched else "no match"
             trace.append(Trace(rule.name, matched, rule.condition.describe(), effect))
 
+    # Neither of these two falls back: a pin means this model and no other, and thinking
+    # signatures are valid only on the model that made them.
     if features.history_thinking and not (winner and winner.allow_model_switch):
         model = sticky_model or requested
         reason = "earlier turns carry thinking blocks signed by this model"
@@ -111,13 +115,20 @@ def decide(
         target = winner.tier or winner.model or requested
     model = resolve_model(config, target)
     tier = tier_of_model(config, model)
+    needed = features.input_tokens + features.max_tokens
+    fallbacks: tuple[str, ...] = ()
     if tier is not None:
         bounded = _bounded(tier, bounds)
-        fitting = _fitting(config, bounded, features.input_tokens + features.max_tokens)
+        fitting = _fitting(config, bounded, needed)
         if fitting != tier:
             model, tier = config.tier_model(fitting), fitting
             reason += f"; {'bounded' if fitting == bounded else 'context'} to {fitting}"
-    return Decision(model, tier, name, reason, tuple(trace))
+        fallbacks = tuple(
+            config.tier_model(t) for t in config.tiers[tier].fallbacks
+            if _bounded(t, bounds) == t and config.tiers[t].context_window >= needed
+            and config.tier_model(t) != model
+        )
+    return Decision(model, tier, name, reason, tuple(trace), fallbacks)
 
 
 def _effect(rule: Rule) -> str:

@@ -1,8 +1,13 @@
-"""Stage 4 of the pipeline: send the request upstream and relay the answer untouched.
+"""Stage 4 of the pipeline: send the request upstream, retrying and falling back as the policy
+allows, and relay the answer untouched.
 
 One pooled aiohttp session per worker (:class:`Upstream`), created in the app's lifespan. JSON
 answers come back byte for byte; SSE answers are relayed chunk by chunk as they arrive, never
-buffered or re-encoded, while :class:`StreamUsage` reads the usage on the way past.
+buffered or re-encoded, while :class:`router.sse.StreamUsage` reads the usage on the way past.
+
+Retries and fallbacks happen only before the first byte of an answer reaches the client. After
+that, a failure ends the stream with an Anthropic-shaped ``error`` event: never half an answer
+dressed as a whole one.
 """
 
 from __future__ import annotations
@@ -16,12 +21,25 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_any,
+)
+from tenacity.stop import stop_base
 
-from router.config import UpstreamConfig
-from router.errors import UpstreamTimeout, UpstreamUnavailable, error_event
-from router.wire import Usage, error_type_of_event, usage_of_event, usage_of_message
+from router.body import with_model
+from router.config import Config, Tier, UpstreamConfig
+from router.errors import Overloaded, UpstreamTimeout, UpstreamUnavailable, error_event
+from router.resilience import Breakers, backoff, retry_after, should_retry
+from router.sse import StreamUsage
+from router.wire import Usage, error_type_of_event, usage_of_message
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Pricer = Callable[[str, Usage], Decimal | None]
+"""Prices usage on a model (for ``x-router-cost-usd``)."""
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the client library recomputes.
 _HOP_BY_HOP = frozenset(
@@ -57,11 +75,6 @@ class Upstream:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=self.config.connect_timeout,
-                sock_read=self.config.read_timeout,
-            ),
             # Off unless configured: proxies from the environment break TLS for many users.
             trust_env=self.config.trust_env,
             skip_auto_headers=("User-Agent", "Content-Type"),
@@ -80,21 +93,33 @@ class Upstream:
         return self._session is not None and not self._session.closed
 
     async def send(
-        self, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None
+        self,
+        method: str,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        *,
+        connect: float | None,
+        first_byte: float | None,
+        idle: float | None,
     ) -> aiohttp.ClientResponse:
-        """Send one request and return the response once its headers arrived.
+        """Send one request and return the response once its status line arrived.
 
         Raises:
             UpstreamUnavailable: the upstream could not be reached or hung up.
-            UpstreamTimeout: the upstream did not answer within the configured timeouts.
+            UpstreamTimeout: no answer within ``first_byte`` seconds (or no connection within
+                ``connect``).
         """
         if self._session is None:
             raise UpstreamUnavailable("upstream client is not open")
         try:
-            return await self._session.request(
-                method, self.base_url + path_qs, data=body, headers=headers,
-                allow_redirects=False,
-            )
+            async with asyncio.timeout(first_byte):
+                return await self._session.request(
+                    method, self.base_url + path_qs, data=body, headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect,
+                                                  sock_read=idle),
+                )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
@@ -136,75 +161,34 @@ def client_headers(
     return out
 
 
-class StreamUsage:
-    """Reads usage and errors from an SSE byte stream as it passes, without altering it."""
-
-    __slots__ = ("_buffer", "error_type", "events", "first_content_at", "usage")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self.usage = Usage()
-        self.error_type: str | None = None
-        self.events = 0
-        self.first_content_at: float | None = None
-        """``perf_counter()`` when the first content delta passed: time to first token."""
-
-    def feed(self, chunk: bytes) -> None:
-        """Consume the next chunk of the stream."""
-        buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        start = 0
-        while (end := buffer.find(b"\n\n", start)) != -1:
-            self._event(buffer[start:end])
-            start = end + 2
-        self._buffer = buffer[start:]
-
-    def _event(self, block: bytes) -> None:
-        if not block.startswith(b"event:"):
-            return
-        self.events += 1
-        if self.first_content_at is None and block.startswith(b"event: content_block_delta"):
-            self.first_content_at = time.perf_counter()
-        # Only three events matter here; the many content deltas are skipped at a glance.
-        if not block.startswith((b"event: message_", b"event:message_", b"event: error",
-                                 b"event:error")):
-            return
-        name = b""
-        data = b""
-        for line in block.split(b"\n"):
-            key, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if key == b"event":
-                name = value
-            elif key == b"data":
-                data = data + b"\n" + value if data else value
-        if name == b"error":
-            self.error_type = error_type_of_event(data)
-            return
-        found = usage_of_event(name, data)
-        if found is not None:
-            self.usage = self.usage.updated(found)
-
-
 @dataclass
 class Outcome:
     """What happened upstream, for the account stage."""
 
     status: int = 0
+    model: str | None = None
+    """The model that answered (after any fallback)."""
     usage: Usage = field(default_factory=Usage)
     stream: bool = False
     error_type: str | None = None
     """The upstream's error type (HTTP error or mid-stream ``error`` event), or the proxy's."""
     upstream_request_id: str | None = None
+    attempts: int = 0
+    """Requests sent upstream, retries and fallbacks included."""
+    retries: list[str] = field(default_factory=list)
+    """Why each retry happened (``overloaded_error``, ``connection``, ...)."""
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)
+    """Each move to another model, as (from, to)."""
+    breaker_opened: list[str] = field(default_factory=list)
+    """Models whose circuit this request's failures opened."""
     sent_at: float = 0.0
-    """``perf_counter()`` when the request went upstream."""
+    """``perf_counter()`` when the answering attempt went upstream."""
     upstream_seconds: float = 0.0
-    """From sending the request to the end of the answer."""
+    """From sending the answering attempt to the end of the answer."""
     first_byte_seconds: float | None = None
-    """From sending the request to the first byte of the answer's body."""
+    """From sending the answering attempt to the first byte of the answer's body."""
     first_token_seconds: float | None = None
-    """From sending the request to the first content delta (the whole body if not streamed)."""
+    """From sending to the first content delta (the whole body if not streamed)."""
     cost_usd: Decimal | None = None
     """Cost of the answer when it was computed on the way (for ``x-router-cost-usd``)."""
     client_disconnected: bool = False
@@ -212,7 +196,220 @@ class Outcome:
     """The whole answer reached the client."""
 
 
-Pricer = Callable[[Usage], Decimal | None]
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request to forward, with the models it may go to."""
+
+    method: str
+    path_qs: str
+    headers: CIMultiDict[str]
+    body: bytes | None
+    requested: str | None
+    """The model named in ``body``; None for endpoints without a body."""
+    models: tuple[str | None, ...]
+    """The chosen model, then its fallbacks; ``(None,)`` when nothing is routed."""
+    extra_headers: Callable[[str | None], list[tuple[str, str]]]
+    """The x-router-* headers for an answer from a given model."""
+
+
+class _Failed(Exception):
+    """A failed attempt: an error answer worth retrying, or a connection failure."""
+
+    def __init__(self, reason: str, wait: float | None, *,
+                 response: aiohttp.ClientResponse | None = None,
+                 error: UpstreamUnavailable | UpstreamTimeout | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
+        self.response = response
+        self.error = error
+
+
+async def forward(
+    call: Call,
+    upstream: Upstream,
+    config: Config,
+    tier_of: Callable[[str], Tier | None],
+    breakers: Breakers,
+    send: Send,
+    outcome: Outcome,
+    request_id: str,
+    pricer: Pricer | None,
+) -> None:
+    """Send ``call`` upstream and relay the answer, retrying and falling back per the config.
+
+    Raises:
+        UpstreamUnavailable, UpstreamTimeout: every attempt failed without an answer to relay.
+        Overloaded: every model's circuit is open.
+    """
+    primary = call.models[0]
+    primary_tier = tier_of(primary) if primary else None
+    total = config.timeouts(primary_tier).total
+    deadline = time.monotonic() + total if total else None
+    last: _Failed | None = None
+    tried: str | None = None
+    for model in call.models:
+        if model is not None and not breakers.allows(model):
+            continue
+        if tried is not None and model is not None:
+            outcome.fallbacks.append((tried, model))
+        tried = model
+        try:
+            response = await _attempts(call, model, upstream, config, tier_of(model) if model
+                                       else None, breakers, outcome, deadline)
+        except _Failed as failed:
+            if last is not None and last.response is not None:
+                last.response.close()
+            last = failed
+            continue
+        extra = call.extra_headers(model)
+        if outcome.fallbacks:
+            extra.append(("x-router-fallback", "->".join(
+                [outcome.fallbacks[0][0], *(to for _, to in outcome.fallbacks)])))
+        price = None
+        if pricer is not None and model is not None:
+            price = _bound_pricer(pricer, model)
+        outcome.model = model
+        try:
+            await relay(response, send, extra, outcome, request_id, price,
+                        deadline=deadline, model=model)
+        finally:
+            _let_go(response, reuse=outcome.complete)
+        return
+    if last is None:
+        wait = min(breakers.retry_in(m) for m in call.models if m is not None)
+        raise Overloaded("every upstream model for this request is failing; retry later",
+                         headers={"retry-after": str(max(1, round(wait)))})
+    if last.response is not None:
+        # Out of attempts with an upstream error in hand: the client gets it unchanged.
+        outcome.model = tried
+        try:
+            await relay(last.response, send, call.extra_headers(tried), outcome, request_id,
+                        None, deadline=deadline, model=tried)
+        finally:
+            _let_go(last.response, reuse=outcome.complete)
+        return
+    assert last.error is not None
+    raise last.error
+
+
+def _bound_pricer(pricer: Pricer, model: str) -> Callable[[Usage], Decimal | None]:
+    return lambda usage: pricer(model, usage)
+
+
+async def _attempts(
+    call: Call,
+    model: str | None,
+    upstream: Upstream,
+    config: Config,
+    tier: Tier | None,
+    breakers: Breakers,
+    outcome: Outcome,
+    deadline: float | None,
+) -> aiohttp.ClientResponse:
+    """Try one model until it answers, its attempts run out or the deadline nears.
+
+    Returns the answer to relay (a success or an error not worth retrying).
+
+    Raises:
+        _Failed: the last failure, when the model stayed overloaded or unreachable.
+    """
+    retry = config.retry(tier)
+    timeouts = config.timeouts(tier)
+    max_delay = retry.max_delay or 8.0
+    body = call.body
+    if body is not None and model is not None and call.requested is not None:
+        body = with_model(body, call.requested, model)
+
+    def waited(state: RetryCallState) -> float:
+        failed = state.outcome.exception() if state.outcome else None
+        hinted = failed.wait if isinstance(failed, _Failed) else None
+        return hinted if hinted is not None else backoff(retry, state.attempt_number - 1)
+
+    def out_of_time(state: RetryCallState) -> bool:
+        failed = state.outcome.exception() if state.outcome else None
+        if isinstance(failed, _Failed) and failed.wait is not None and failed.wait > max_delay:
+            return True  # not worth waiting here: the fallback (or the client) takes over
+        return deadline is not None and time.monotonic() + waited(state) >= deadline
+
+    def before_sleep(state: RetryCallState) -> None:
+        failed = state.outcome.exception() if state.outcome else None
+        if isinstance(failed, _Failed):
+            outcome.retries.append(failed.reason)
+            if failed.response is not None:
+                failed.response.close()
+
+    retrying = AsyncRetrying(
+        stop=stop_any(stop_after_attempt(retry.attempts or 1), _StopWhen(out_of_time)),
+        wait=waited,
+        retry=retry_if_exception_type(_Failed),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            outcome.attempts += 1
+            left = deadline - time.monotonic() if deadline is not None else None
+            first_byte = _smallest(timeouts.first_byte, left)
+            outcome.sent_at = time.perf_counter()
+            try:
+                response = await upstream.send(
+                    call.method, call.path_qs, call.headers, body,
+                    connect=timeouts.connect, first_byte=first_byte, idle=timeouts.idle,
+                )
+            except (UpstreamUnavailable, UpstreamTimeout) as exc:
+                _count_failure(breakers, model, outcome)
+                reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
+                raise _Failed(reason, None, error=exc) from exc
+            if response.status >= 400:
+                error_body = await _read_error(response)
+                if should_retry(response.status, response.headers, error_body):
+                    if response.status >= 500:
+                        _count_failure(breakers, model, outcome)
+                    reason = error_type_of_event(error_body) if error_body else str(
+                        response.status)
+                    raise _Failed(reason, retry_after(response.headers), response=response)
+            elif model is not None:
+                breakers.succeeded(model)
+            return response
+    raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
+
+
+class _StopWhen(stop_base):
+    """A tenacity stop condition from a plain predicate."""
+
+    def __init__(self, predicate: Callable[[RetryCallState], bool]) -> None:
+        self.predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.predicate(retry_state)
+
+
+def _smallest(*limits: float | None) -> float | None:
+    """The tightest of some optional limits (None: no limit)."""
+    given = [x for x in limits if x is not None]
+    return min(given) if given else None
+
+
+def _count_failure(breakers: Breakers, model: str | None, outcome: Outcome) -> None:
+    if model is not None and breakers.failed(model):
+        outcome.breaker_opened.append(model)
+
+
+async def _read_error(response: aiohttp.ClientResponse) -> bytes:
+    """Read an error answer's body (kept by aiohttp for a later relay); empty if it breaks."""
+    try:
+        return await response.read()
+    except (TimeoutError, aiohttp.ClientError):
+        return b""
+
+
+def _let_go(response: aiohttp.ClientResponse, *, reuse: bool) -> None:
+    """Return the connection to the pool, or drop it if the answer was not read to the end."""
+    if reuse:
+        response.release()
+    else:
+        response.close()
 
 
 async def relay(
@@ -221,13 +418,19 @@ async def relay(
     extra_headers: Iterable[tuple[str, str]],
     outcome: Outcome,
     request_id: str,
-    pricer: Pricer | None = None,
+    pricer: Callable[[Usage], Decimal | None] | None = None,
+    *,
+    deadline: float | None = None,
+    model: str | None = None,
 ) -> None:
     """Relay an upstream response to the ASGI client, filling ``outcome`` as it goes.
 
-    A stream that breaks after its first byte is ended with an Anthropic-shaped ``error`` event,
-    so a client never mistakes half an answer for a whole one. ``pricer`` prices a non-streamed
-    answer before its headers go out, for the ``x-router-cost-usd`` header.
+    ``pricer`` prices a non-streamed answer before its headers go out, for the
+    ``x-router-cost-usd`` header. A stream's headers go out with its first chunk, so a stream
+    that fails before it can still be retried by the caller.
+
+    Raises:
+        UpstreamUnavailable, UpstreamTimeout: the answer broke before any byte was sent.
     """
     started = outcome.sent_at
     outcome.status = response.status
@@ -239,7 +442,7 @@ async def relay(
         try:
             body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            kind = UpstreamTimeout if isinstance(exc, asyncio.TimeoutError) else UpstreamUnavailable
+            kind = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamUnavailable
             raise kind("upstream broke off its answer") from exc
         outcome.first_byte_seconds = time.perf_counter() - started
         outcome.upstream_seconds = outcome.first_token_seconds = outcome.first_byte_seconds
@@ -256,29 +459,61 @@ async def relay(
         await send({"type": "http.response.body", "body": body, "more_body": False})
         outcome.complete = True
         return
+    await _relay_stream(response, send, headers, outcome, request_id, deadline)
 
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+
+async def _relay_stream(
+    response: aiohttp.ClientResponse,
+    send: Send,
+    headers: list[tuple[bytes, bytes]],
+    outcome: Outcome,
+    request_id: str,
+    deadline: float | None,
+) -> None:
+    started = outcome.sent_at
     tracker = StreamUsage()
+    chunks = response.content.iter_any()
     try:
-        async for chunk in response.content.iter_any():
-            if outcome.first_byte_seconds is None:
-                outcome.first_byte_seconds = time.perf_counter() - started
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            tracker.feed(chunk)
+        async with asyncio.timeout_at(_loop_deadline(deadline)):
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = b""
     except (TimeoutError, aiohttp.ClientError) as exc:
-        timed_out = isinstance(exc, asyncio.TimeoutError)
+        kind = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamUnavailable
+        raise kind("upstream broke off before its first event") from exc
+    outcome.first_byte_seconds = time.perf_counter() - started
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    try:
+        async with asyncio.timeout_at(_loop_deadline(deadline)):
+            chunk = first
+            while chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tracker.feed(chunk)
+                outcome.usage = tracker.usage
+                chunk = await anext(chunks, b"")
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        timed_out = isinstance(exc, TimeoutError)
         error_type = "timeout_error" if timed_out else "api_error"
         message = "upstream went silent mid-stream" if timed_out else "upstream connection lost"
         tracker.error_type = tracker.error_type or error_type
         event = error_event(error_type, message, request_id)
         await send({"type": "http.response.body", "body": event, "more_body": True})
-    outcome.usage = tracker.usage
-    outcome.error_type = tracker.error_type
-    outcome.upstream_seconds = time.perf_counter() - started
-    if tracker.first_content_at is not None:
-        outcome.first_token_seconds = tracker.first_content_at - started
+    finally:
+        outcome.usage = tracker.usage
+        outcome.error_type = tracker.error_type
+        outcome.upstream_seconds = time.perf_counter() - started
+        if tracker.first_content_at is not None:
+            outcome.first_token_seconds = tracker.first_content_at - started
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.complete = tracker.error_type is None
+
+
+def _loop_deadline(deadline: float | None) -> float | None:
+    """Convert a ``time.monotonic()`` deadline to the event loop's clock for asyncio.timeout."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 def usd_text(usd: Decimal) -> str:

@@ -11,24 +11,21 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-import aiohttp
-
 from router.account import Books, Record, account
-from router.body import ClientGone, Receive, read_body, with_model
+from router.body import ClientGone, Receive, read_body
 from router.classify import Features, classify
 from router.decide import Decision, decide, resolve_model, tier_of_model
 from router.errors import MethodNotAllowed, RouterError, error_body, new_request_id
-from router.forward import Outcome, Pricer, Send, Upstream, relay, upstream_headers
+from router.forward import Call, Outcome, Send, Upstream, forward, upstream_headers
 from router.metrics import Metrics
 from router.parse import Parsed, header_map, parse_count_tokens, parse_messages, require_api_key
+from router.resilience import Breakers, Gate
 from router.rules import Policy
 from router.sessions import ConversationMemory, conversation_key
 from router.tokens import FactorLearner, TokenCounter, TokenEstimate
-from router.wire import Usage
 
 
 class Endpoint(Enum):
@@ -56,6 +53,8 @@ class RouterState:
     memory: ConversationMemory
     books: Books
     """The account stage: prices, metrics, the log."""
+    breakers: Breakers
+    gate: Gate
     config_path: str | None = None
     """The file to reload from; None for the embedded default."""
 
@@ -181,31 +180,49 @@ async def proxy(
     outcome: Outcome | None = None
     error_type: str | None = None
     status = 0
+    held = 0
+    admitted = False
     state.metrics.in_flight.inc()
     try:
+        state.gate.enter()
+        admitted = True
         if scope["method"] != endpoint.method:
             raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}")
         headers = header_map(scope["headers"])
         require_api_key(headers)
         body: bytes | None = None
-        extra: list[tuple[str, str]] = []
+        models: tuple[str | None, ...] = (None,)
         if endpoint is not Endpoint.MODELS:
             limit = policy.config.server.max_body_bytes
-            body = await read_body(receive, headers.get("content-length"), limit)
+            declared = headers.get("content-length", "")
+            held = min(int(declared), limit) if declared.isdigit() else 0
+            state.gate.reserve(held)
+            body = await read_body(receive, declared or None, limit)
+            state.gate.reserve(len(body) - held)
+            held = len(body)
             parse = parse_messages if endpoint is Endpoint.MESSAGES else parse_count_tokens
             parsed = parse(body, headers)
             requested = parsed.request.model
             estimate = await estimate_tokens(state.counter, parsed)
             routed = route(parsed, estimate, policy, state.learner, state.memory)
+            decision = routed.decision
             if routed.conversation is not None:
-                state.memory.remember(routed.conversation, routed.decision.model)
-            body = with_model(body, requested, routed.decision.model)
-            extra = router_headers(routed.decision)
+                state.memory.remember(routed.conversation, decision.model)
+            # count_tokens answers for one model: falling back would count for another.
+            fallbacks = decision.fallbacks if endpoint is Endpoint.MESSAGES else ()
+            models = (decision.model, *fallbacks)
         outcome = Outcome()
-        pricer = _pricer(state, routed.decision.model) if routed else None
-        await _forward_watching_client(
-            state.upstream, scope, receive, exchange, body, extra, outcome, request_id, pricer
+        call = Call(
+            method=scope["method"],
+            path_qs=_path_qs(scope),
+            headers=upstream_headers(scope["headers"]),
+            body=body,
+            requested=requested,
+            models=models,
+            extra_headers=_extra_headers(routed.decision if routed else None, policy),
         )
+        await _forward_watching_client(state, policy, call, receive, exchange, outcome,
+                                       request_id)
         status = outcome.status
     except ClientGone:
         status = 499
@@ -216,6 +233,9 @@ async def proxy(
         if not exchange.started:
             await _send_error(exchange, err, request_id)
     finally:
+        state.gate.release(held)
+        if admitted:
+            state.gate.leave()
         state.metrics.in_flight.dec()
         record = Record(
             request_id=request_id,
@@ -233,30 +253,43 @@ async def proxy(
         account(record, state.books)
 
 
-def _pricer(state: RouterState, model: str) -> Pricer:
-    prices = state.books.prices
+def _path_qs(scope: dict[str, Any]) -> str:
+    query = scope.get("query_string", b"")
+    return str(scope["path"]) + ("?" + query.decode("latin-1") if query else "")
 
-    def price(usage: Usage) -> Decimal | None:
-        return prices.cost(model, usage)
 
-    return price
+def _extra_headers(decision: Decision | None, policy: Policy
+                   ) -> Callable[[str | None], list[tuple[str, str]]]:
+    """Return a function giving the x-router-* headers for an answer from a given model."""
+    if decision is None:
+        return lambda model: []
+    config = policy.config
+
+    def headers(model: str | None) -> list[tuple[str, str]]:
+        if model is None or model == decision.model:
+            return router_headers(decision)
+        tier = tier_of_model(config, model)
+        return [("x-router-model", model), ("x-router-tier", tier or "other"),
+                ("x-router-rule", decision.rule)]
+
+    return headers
 
 
 async def _forward_watching_client(
-    upstream: Upstream,
-    scope: dict[str, Any],
+    state: RouterState,
+    policy: Policy,
+    call: Call,
     receive: Receive,
     exchange: _Exchange,
-    body: bytes | None,
-    extra: list[tuple[str, str]],
     outcome: Outcome,
     request_id: str,
-    pricer: Pricer | None,
 ) -> None:
     """Forward and relay, but stop at once (and stop the upstream) if the client goes away."""
-    work = asyncio.ensure_future(
-        _forward(upstream, scope, exchange, body, extra, outcome, request_id, pricer)
-    )
+    config = policy.config
+    work = asyncio.ensure_future(forward(
+        call, state.upstream, config, lambda m: tier_of_model(config, m), state.breakers,
+        exchange, outcome, request_id, state.books.prices.cost,
+    ))
     watcher = asyncio.ensure_future(_disconnected(receive))
     try:
         await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -277,36 +310,6 @@ async def _forward_watching_client(
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _forward(
-    upstream: Upstream,
-    scope: dict[str, Any],
-    exchange: _Exchange,
-    body: bytes | None,
-    extra: list[tuple[str, str]],
-    outcome: Outcome,
-    request_id: str,
-    pricer: Pricer | None,
-) -> None:
-    query = scope.get("query_string", b"")
-    path_qs = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-    outcome.sent_at = time.perf_counter()
-    response = await upstream.send(
-        scope["method"], path_qs, upstream_headers(scope["headers"]), body
-    )
-    try:
-        await relay(response, exchange, extra, outcome, request_id, pricer)
-    finally:
-        _let_go(response, reuse=outcome.complete)
-
-
-def _let_go(response: aiohttp.ClientResponse, *, reuse: bool) -> None:
-    """Return the connection to the pool, or drop it if the answer was not read to the end."""
-    if reuse:
-        response.release()
-    else:
-        response.close()
 
 
 async def _send_error(send: Callable[[dict[str, Any]], Any], err: RouterError, rid: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from router.app import create_app
-from router.config import LoadedConfig, default_config_text
+from router.config import LoadedConfig, RetryConfig, default_config_text
 from router.fake_upstream import FakeUpstream, running_fake
 from router.rules import Policy, parse_policy
 
@@ -49,6 +49,24 @@ def with_section(policy: Policy, section: str, **changes: Any) -> Policy:
     new = LoadedConfig(msgspec.structs.replace(config, **{section: replaced}), loaded.source,
                        loaded.sha256, loaded.lines)
     return Policy(new, policy.rules)
+
+
+def without_retries(policy: Policy, **timeouts: float) -> Policy:
+    """Return ``policy`` with one attempt per request and no fallbacks, so upstream errors reach
+    the client as they are; ``timeouts`` (e.g. ``first_byte=0.3``) apply to every tier."""
+    config = policy.config
+    one = RetryConfig(attempts=1)
+    tiers = {
+        name: msgspec.structs.replace(
+            tier, fallbacks=(), retry=one,
+            timeouts=msgspec.structs.replace(tier.timeouts, **timeouts),
+        )
+        for name, tier in config.tiers.items()
+    }
+    upstream = msgspec.structs.replace(config.upstream, retry=one)
+    loaded = policy.loaded
+    new = msgspec.structs.replace(config, tiers=tiers, upstream=upstream)
+    return Policy(LoadedConfig(new, loaded.source, loaded.sha256, loaded.lines), policy.rules)
 
 
 @contextmanager
@@ -100,8 +118,9 @@ def fake(fake_server: FakeUpstream) -> FakeUpstream:
 
 @pytest.fixture(scope="session")
 def proxy_url(fake_server: FakeUpstream) -> Iterator[str]:
-    """A proxy on the default config, forwarding to the session's fake upstream."""
-    with running_proxy(make_policy(fake_server.url)) as url:
+    """A passthrough proxy without retries, forwarding to the session's fake upstream: what the
+    client gets is what the upstream said."""
+    with running_proxy(without_retries(make_policy(fake_server.url))) as url:
         yield url
 
 

@@ -53,7 +53,8 @@ def test_tokens_and_cost_equal_what_the_upstream_billed(fake: FakeUpstream, star
                      "cache_creation_input_tokens": 300,
                      "cache_creation": {"ephemeral_5m_input_tokens": 0,
                                         "ephemeral_1h_input_tokens": 300}}),
-        Fail(529, "overloaded_error"),
+        # Not retried (the upstream says so), so it reaches the client and the metrics.
+        Fail(529, "overloaded_error", headers={"x-should-retry": "false"}),
     )
     raw = client.messages.with_raw_response.create(model="claude-sonnet-4-6", max_tokens=64,
                                                    messages=PROMPT)

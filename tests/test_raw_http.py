@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from router.fake_upstream import Drop, Fail, FakeUpstream, Reply, Stall
-from tests.conftest import API_KEY, make_policy, with_section
+from tests.conftest import API_KEY, make_policy, without_retries
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 32,
         "messages": [{"role": "user", "content": "hi"}]}
@@ -153,7 +153,7 @@ def test_stream_cut_by_upstream_ends_with_an_error_event(fake: FakeUpstream, pro
 
 
 def test_upstream_timeout_is_a_retryable_504(fake: FakeUpstream, start_proxy: Any) -> None:
-    url = start_proxy(policy=with_section(make_policy(fake.url), "upstream", read_timeout=0.3))
+    url = start_proxy(policy=without_retries(make_policy(fake.url), first_byte=0.3))
     fake.script(Stall(2.0))
     status, headers, data = post(url, json.dumps(BODY).encode())
     assert status == 504
