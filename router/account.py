@@ -52,6 +52,12 @@ class Books:
     """Model ids allowed as ``requested_model`` label values."""
     tier_models: dict[str, str] = field(default_factory=dict)
     """Tier name -> model id, to resolve a requested alias."""
+    model_tiers: dict[str, str] = field(default_factory=dict)
+    """Tier model id -> tier name, to label an answer from a fallback model."""
+
+    def tier_of(self, model: str) -> str:
+        """The tier label of a model that answered."""
+        return self.model_tiers.get(model, OTHER)
 
     def configure(self, policy: Policy) -> None:
         """Adopt a (re)loaded policy: its prices and the label values it allows."""
@@ -61,6 +67,7 @@ class Books:
         models |= {r.model for r in policy.rules if r.model}
         self.requested_models = frozenset(models)
         self.tier_models = {name: tier.model for name, tier in config.tiers.items()}
+        self.model_tiers = {tier.model: name for name, tier in config.tiers.items()}
         self.metrics.configure(
             models,
             [r.name for r in policy.rules],
@@ -75,6 +82,8 @@ def status_label(record: Record) -> str:
     if record.error_type:
         return record.error_type
     outcome = record.outcome
+    if outcome is not None and outcome.client_disconnected:
+        return "client_disconnected"
     if outcome is not None and outcome.error_type:
         return outcome.error_type
     return f"{record.status // 100}xx" if record.status else "client_disconnected"
@@ -85,11 +94,15 @@ def account(record: Record, books: Books) -> None:
     metrics = books.metrics
     decision = record.decision
     outcome = record.outcome
-    model = metrics.model_label(decision.model if decision else None)
-    tier = (decision.tier or OTHER) if decision else OTHER
+    answered_by = outcome.model if outcome is not None and outcome.model else None
+    model = metrics.model_label(answered_by or (decision.model if decision else None))
+    tier = books.tier_of(answered_by) if answered_by else (
+        (decision.tier or OTHER) if decision else OTHER)
     rule = metrics.rule_label(decision.rule) if decision else "none"
     metrics.requests.labels(tier, model, rule, status_label(record)).inc()
 
+    if outcome is not None:
+        _count_resilience(metrics, outcome)
     cost: Decimal | None = None
     tokens = Tokens()
     if outcome is not None and decision is not None:
@@ -103,13 +116,24 @@ def account(record: Record, books: Books) -> None:
         if outcome.error_type:
             metrics.upstream_errors.labels(model, outcome.error_type).inc()
         if outcome.status == 200 and record.estimated_tokens and tokens.input_side:
-            books.learner.observe(decision.model, record.estimated_tokens, tokens.input_side)
+            books.learner.observe(answered_by or decision.model, record.estimated_tokens,
+                                  tokens.input_side)
             metrics.estimate_ratio.labels(model).observe(
                 tokens.input_side / record.estimated_tokens)
     if outcome is not None and outcome.sent_at:
         metrics.overhead.observe(max(0.0, record.seconds - outcome.upstream_seconds))
     if books.logger.isEnabledFor(logging.INFO):
         books.logger.info(log_fields(record, tokens, cost))
+
+
+def _count_resilience(metrics: Metrics, outcome: Outcome) -> None:
+    """Retries, fallbacks and breakers that opened while serving the request."""
+    for model, reason in outcome.retries:
+        metrics.retries.labels(metrics.model_label(model), metrics.reason_label(reason)).inc()
+    for source, target in outcome.fallbacks:
+        metrics.fallbacks.labels(metrics.model_label(source), metrics.model_label(target)).inc()
+    for opened in outcome.breaker_opened:
+        metrics.circuit_opened.labels(metrics.model_label(opened)).inc()
 
 
 def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
@@ -126,9 +150,10 @@ def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
         if count:
             metrics.tokens.labels(model, tier, kind).inc(count)
     usage = record.outcome.usage
+    answered_by = record.outcome.model or record.decision.model
     cost = record.outcome.cost_usd
     if cost is None:
-        cost = books.prices.cost(record.decision.model, usage)
+        cost = books.prices.cost(answered_by, usage)
     if cost is None:
         metrics.unpriced.labels(model).inc()
         return None
@@ -153,13 +178,18 @@ def log_fields(record: Record, tokens: Tokens, cost: Decimal | None) -> dict[str
         "status": record.status,
         "latency_ms": round(record.seconds * 1000, 3),
     }
+    outcome = record.outcome
     if record.decision is not None:
         fields["requested_model"] = record.requested_model
-        fields["model"] = record.decision.model
+        fields["model"] = (outcome.model if outcome else None) or record.decision.model
         fields["tier"] = record.decision.tier or OTHER
         fields["rule"] = record.decision.rule
-    outcome = record.outcome
     if outcome is not None:
+        if outcome.attempts > 1:
+            fields["attempts"] = outcome.attempts
+            fields["retries"] = [reason for _, reason in outcome.retries]
+        if outcome.fallbacks:
+            fields["fallbacks"] = [f"{a}->{b}" for a, b in outcome.fallbacks]
         fields["upstream_request_id"] = outcome.upstream_request_id
         fields["stream"] = outcome.stream
         fields["upstream_ms"] = round(outcome.upstream_seconds * 1000, 3)

@@ -235,15 +235,6 @@ def _without_reminders(text: str) -> int:
     return len(_REMINDER.sub("", text).strip())
 
 
-def _has_type(content: str | list[Block], kinds: frozenset[str]) -> bool:
-    return not isinstance(content, str) and any(b.get("type") in kinds for b in content)
-
-
-_TOOL_USE: Final = frozenset({"tool_use", "server_tool_use"})
-_TOOL_RESULT: Final = frozenset({"tool_result"})
-_THINKING: Final = frozenset({"thinking", "redacted_thinking"})
-
-
 # -- vocabulary ----------------------------------------------------------------------------------
 # What a request asks is read with word sets, not regular expressions: the text is lower-cased
 # and split once, and each cue below is a set lookup, so the cost is linear in the text with a
@@ -255,7 +246,8 @@ _THINKING: Final = frozenset({"thinking", "redacted_thinking"})
 _SPLIT_TABLE = str.maketrans(
     # One ASCII character to one: str.translate then takes its fast path (~1 ns a character,
     # against ~70 ns when a mapping inserts several characters).
-    {**{c: " " for c in "\"#$%&()*+/<=>@[\\]^`{|}~_-\t.,;:!?\n"}, "'": None}
+    # "_" is kept: parse_duration is an identifier, not the word "parse".
+    {**{c: " " for c in "\"#$%&()*+/<=>@[\\]^`{|}~-\t.,;:!?\n"}, "'": None}
 )
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
@@ -634,37 +626,54 @@ class _Conversation:
     history_thinking: bool
 
 
+_TEXT, _USE, _RESULT, _THOUGHT = 1, 2, 4, 8
+_BLOCK_BITS: Final[Mapping[Any, int]] = {
+    "text": _TEXT,
+    "tool_use": _USE,
+    "server_tool_use": _USE,
+    "tool_result": _RESULT,
+    "thinking": _THOUGHT,
+    "redacted_thinking": _THOUGHT,
+}
+
+
 def _conversation(messages: Sequence[MessageParam]) -> _Conversation:
-    last = messages[-1] if messages else None
-    if last is None:
+    # One pass over the blocks turns each message into a bit mask; everything else is read
+    # from the masks, so a 300-message history costs one cheap loop, not several.
+    masks: list[int] = []
+    tool_calls = 0
+    for message in messages:
+        content = message.content
+        if isinstance(content, str):
+            masks.append(_TEXT)
+            continue
+        mask = 0
+        for block in content:
+            bit = _BLOCK_BITS.get(block.get("type"), 0)
+            mask |= bit
+            tool_calls += bit == _USE
+        masks.append(mask)
+    roles = [m.role == "user" for m in messages]
+    pairs = list(zip(roles, masks, strict=True))
+    user_turns = sum(1 for is_user, mask in pairs if is_user and mask & _TEXT)
+    history_thinking = any(mask & _THOUGHT for is_user, mask in pairs if not is_user)
+
+    last = len(messages) - 1
+    if last < 0:
         last_turn = "text"
-    elif last.role == "assistant":
+    elif not roles[last]:
         last_turn = "prefill"
-    elif _has_type(last.content, _TOOL_RESULT) and not _user_text(last.content):
+    elif masks[last] & _RESULT and not _user_text(messages[last].content):
         last_turn = "tool_result"
     else:
         last_turn = "text"
 
-    user_turns = tool_calls = 0
-    history_thinking = False
-    for message in messages:
-        content = message.content
-        if message.role == "user":
-            if isinstance(content, str) or any(b.get("type") == "text" for b in content):
-                user_turns += 1
-        elif not isinstance(content, str):
-            for block in content:
-                kind = block.get("type")
-                if kind in _TOOL_USE:
-                    tool_calls += 1
-                elif kind in _THINKING:
-                    history_thinking = True
-
     # Latest user turn's tool results: how many, how big, whether they read like failures.
     results = errors = chars = 0
-    latest_user = next((m for m in reversed(messages) if m.role == "user"), None)
-    if latest_user is not None and not isinstance(latest_user.content, str):
-        for block in latest_user.content:
+    latest_user = next((i for i in range(last, -1, -1) if roles[i]), None)
+    if latest_user is not None and masks[latest_user] & _RESULT:
+        content = messages[latest_user].content
+        for block in content if isinstance(content, list) else ():
             if block.get("type") != "tool_result":
                 continue
             results += 1
@@ -677,30 +686,18 @@ def _conversation(messages: Sequence[MessageParam]) -> _Conversation:
                 errors += 1
 
     depth = 0
-    i = len(messages) - 1
-    if last is not None and last.role == "assistant":
-        i -= 1  # a prefill after a tool loop does not end the loop
-    while i >= 1:
-        user, assistant = messages[i], messages[i - 1]
-        if not (
-            user.role == "user"
-            and assistant.role == "assistant"
-            and _has_type(user.content, _TOOL_RESULT)
-            and _has_type(assistant.content, _TOOL_USE)
-        ):
-            break
+    i = last - 1 if last >= 0 and not roles[last] else last  # a prefill does not end a loop
+    while i >= 1 and roles[i] and not roles[i - 1] and masks[i] & _RESULT and masks[i - 1] & _USE:
         depth += 1
         i -= 2
 
     task: str | list[Block] | None = None
     from_history = False
-    for back, message in enumerate(reversed(messages)):
-        if back >= _SCAN_BACK:
-            break
-        if message.role != "user":
+    for i in range(last, max(-1, last - _SCAN_BACK), -1):
+        if not roles[i]:
             continue
-        if _user_text(message.content):
-            task = message.content
+        if masks[i] & _TEXT and _user_text(messages[i].content):
+            task = messages[i].content
             break
         from_history = True
 

@@ -175,8 +175,8 @@ class Outcome:
     upstream_request_id: str | None = None
     attempts: int = 0
     """Requests sent upstream, retries and fallbacks included."""
-    retries: list[str] = field(default_factory=list)
-    """Why each retry happened (``overloaded_error``, ``connection``, ...)."""
+    retries: list[tuple[str | None, str]] = field(default_factory=list)
+    """Each retry: the model and why (``overloaded_error``, ``connection``, ...)."""
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     """Each move to another model, as (from, to)."""
     breaker_opened: list[str] = field(default_factory=list)
@@ -255,8 +255,9 @@ async def forward(
             outcome.fallbacks.append((tried, model))
         tried = model
         try:
-            response = await _attempts(call, model, upstream, config, tier_of(model) if model
-                                       else None, breakers, outcome, deadline)
+            response, first = await _attempts(call, model, upstream, config,
+                                              tier_of(model) if model else None, breakers,
+                                              outcome, deadline)
         except _Failed as failed:
             if last is not None and last.response is not None:
                 last.response.close()
@@ -272,7 +273,7 @@ async def forward(
         outcome.model = model
         try:
             await relay(response, send, extra, outcome, request_id, price,
-                        deadline=deadline, model=model)
+                        deadline=deadline, first=first)
         finally:
             _let_go(response, reuse=outcome.complete)
         return
@@ -285,7 +286,7 @@ async def forward(
         outcome.model = tried
         try:
             await relay(last.response, send, call.extra_headers(tried), outcome, request_id,
-                        None, deadline=deadline, model=tried)
+                        None, deadline=deadline)
         finally:
             _let_go(last.response, reuse=outcome.complete)
         return
@@ -306,10 +307,11 @@ async def _attempts(
     breakers: Breakers,
     outcome: Outcome,
     deadline: float | None,
-) -> aiohttp.ClientResponse:
+) -> tuple[aiohttp.ClientResponse, bytes | None]:
     """Try one model until it answers, its attempts run out or the deadline nears.
 
-    Returns the answer to relay (a success or an error not worth retrying).
+    Returns the answer to relay (a success or an error not worth retrying), with the first
+    chunk of a stream already read.
 
     Raises:
         _Failed: the last failure, when the model stayed overloaded or unreachable.
@@ -335,7 +337,7 @@ async def _attempts(
     def before_sleep(state: RetryCallState) -> None:
         failed = state.outcome.exception() if state.outcome else None
         if isinstance(failed, _Failed):
-            outcome.retries.append(failed.reason)
+            outcome.retries.append((model, failed.reason))
             if failed.response is not None:
                 failed.response.close()
 
@@ -369,9 +371,21 @@ async def _attempts(
                     reason = error_type_of_event(error_body) if error_body else str(
                         response.status)
                     raise _Failed(reason, retry_after(response.headers), response=response)
-            elif model is not None:
+                return response, None
+            first = None
+            if _is_stream(response):
+                # Nothing has gone to the client yet: a stream that breaks before its first
+                # event is retried like a refused connection.
+                try:
+                    first = await _first_chunk(response, deadline)
+                except (UpstreamUnavailable, UpstreamTimeout) as exc:
+                    response.close()
+                    _count_failure(breakers, model, outcome)
+                    reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
+                    raise _Failed(reason, None, error=exc) from exc
+            if model is not None:
                 breakers.succeeded(model)
-            return response
+            return response, first
     raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
 
 
@@ -421,13 +435,13 @@ async def relay(
     pricer: Callable[[Usage], Decimal | None] | None = None,
     *,
     deadline: float | None = None,
-    model: str | None = None,
+    first: bytes | None = None,
 ) -> None:
     """Relay an upstream response to the ASGI client, filling ``outcome`` as it goes.
 
     ``pricer`` prices a non-streamed answer before its headers go out, for the
-    ``x-router-cost-usd`` header. A stream's headers go out with its first chunk, so a stream
-    that fails before it can still be retried by the caller.
+    ``x-router-cost-usd`` header. ``first`` is a stream's first chunk if the caller already
+    read it.
 
     Raises:
         UpstreamUnavailable, UpstreamTimeout: the answer broke before any byte was sent.
@@ -435,8 +449,7 @@ async def relay(
     started = outcome.sent_at
     outcome.status = response.status
     outcome.upstream_request_id = response.headers.get("request-id")
-    content_type = response.headers.get("content-type", "")
-    outcome.stream = response.status == 200 and content_type.startswith("text/event-stream")
+    outcome.stream = _is_stream(response)
     headers = client_headers(response, extra_headers, stream=outcome.stream)
     if not outcome.stream:
         try:
@@ -459,11 +472,36 @@ async def relay(
         await send({"type": "http.response.body", "body": body, "more_body": False})
         outcome.complete = True
         return
-    await _relay_stream(response, send, headers, outcome, request_id, deadline)
+    if first is None:
+        first = await _first_chunk(response, deadline)
+    await _relay_stream(response, first, send, headers, outcome, request_id, deadline)
+
+
+def _is_stream(response: aiohttp.ClientResponse) -> bool:
+    content_type = response.headers.get("content-type", "")
+    return response.status == 200 and content_type.startswith("text/event-stream")
+
+
+async def _first_chunk(response: aiohttp.ClientResponse, deadline: float | None) -> bytes:
+    """Read a stream's first chunk.
+
+    Raises:
+        UpstreamUnavailable, UpstreamTimeout: the stream broke or went silent first.
+    """
+    try:
+        async with asyncio.timeout_at(_loop_deadline(deadline)):
+            chunk: bytes = await response.content.readany()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        kind = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamUnavailable
+        raise kind("upstream broke off before its first event") from exc
+    if not chunk:
+        raise UpstreamUnavailable("upstream ended the stream before its first event")
+    return chunk
 
 
 async def _relay_stream(
     response: aiohttp.ClientResponse,
+    first: bytes,
     send: Send,
     headers: list[tuple[bytes, bytes]],
     outcome: Outcome,
@@ -473,15 +511,6 @@ async def _relay_stream(
     started = outcome.sent_at
     tracker = StreamUsage()
     chunks = response.content.iter_any()
-    try:
-        async with asyncio.timeout_at(_loop_deadline(deadline)):
-            try:
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                first = b""
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        kind = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamUnavailable
-        raise kind("upstream broke off before its first event") from exc
     outcome.first_byte_seconds = time.perf_counter() - started
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     try:

@@ -33,6 +33,8 @@ RATIO_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 1
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
 OTHER = "other"
 FIXED_RULES = frozenset({"default", "conversation", "none"})
+RETRY_REASONS = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error",
+                           "connection", "timeout"})
 
 
 def multiprocess_dir() -> str | None:
@@ -119,6 +121,15 @@ class Metrics:
             "router_token_estimate_ratio",
             "Reported input tokens divided by the router's estimate.",
             ("model",), buckets=RATIO_BUCKETS, registry=reg)
+        self.retries = Counter(
+            "router_retries", "Upstream attempts retried, by model and reason.",
+            ("model", "reason"), registry=reg)
+        self.fallbacks = Counter(
+            "router_fallbacks", "Requests moved to a fallback model.",
+            ("from_model", "to_model"), registry=reg)
+        self.circuit_opened = Counter(
+            "router_circuit_opened", "Times a model's circuit breaker opened.", ("model",),
+            registry=reg)
         self.reloads = Counter(
             "router_config_reloads", "Config reload attempts.", ("result",), registry=reg)
         self.config_info = Gauge(
@@ -152,6 +163,10 @@ class Metrics:
     def rule_label(self, rule: str | None) -> str:
         """``rule`` if the config knows it, else ``other``."""
         return rule if rule in self.known_rules else OTHER
+
+    def reason_label(self, reason: str) -> str:
+        """A retry reason from the fixed list, else ``other``."""
+        return reason if reason in RETRY_REASONS else OTHER
 
     def exposition(self) -> tuple[bytes, str]:
         """Return the text exposition and its content type, for ``GET /metrics``."""

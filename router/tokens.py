@@ -32,14 +32,14 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import msgspec
 
-from router.wire import Block, CountTokensRequest, MessageParam, MessagesRequest
+from router.wire import Block, CountTokensRequest, MessagesRequest
 
 log = logging.getLogger("router.tokens")
 
@@ -119,9 +119,6 @@ APPROX_BYTES_PER_TOKEN: Final = 3.6
 cl100k_base: 3.55 pooled, 3.8 median (English prose ~4.8, numeric tables and logs ~2, Chinese
 ~2.5). Rounded so that prose is over-counted a little: size rules then err on the safe side."""
 
-_SMALL_TEXT: Final = 4
-"""Texts shorter than this are counted directly. Anything longer goes through the cache: even a
-tool name costs ~1.5 us to encode, against ~0.4 us for a cache hit."""
 _PDF_SCAN_BYTES: Final = 2 * 1024 * 1024
 """Decoded PDF prefix scanned for page objects; bounds the work on a 32 MB upload."""
 _JPEG_MAX_SEGMENTS: Final = 64
@@ -259,18 +256,26 @@ class TokenEstimate:
     """True when a BPE encoding counted the text, False for the byte approximation."""
 
 
+_SYSTEM, _MESSAGES, _TOOLS, _IMAGES, _DOCUMENTS = range(5)
+
+
 @dataclass(slots=True)
 class _Tally:
-    """Mutable running totals of one ``estimate`` call (local, so threads never share one)."""
+    """Running state of one ``estimate`` call (local, so threads never share one): the texts
+    still to count, which part each belongs to, and the sums known so far."""
 
-    system: int = 0
-    messages: int = 0
-    tools: int = 0
-    images: int = 0
-    documents: int = 0
+    texts: list[str] = field(default_factory=list)
+    parts: list[int] = field(default_factory=list)
+    sums: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
+    part: int = _MESSAGES
     image_count: int = 0
     document_count: int = 0
     uncached_chars: int = 0
+
+    def add(self, text: str) -> None:
+        if text:
+            self.texts.append(text)
+            self.parts.append(self.part)
 
 
 _json_encoder = msgspec.json.Encoder(order="deterministic")
@@ -358,7 +363,7 @@ class TokenCounter:
     def estimate(self, request: MessagesRequest | CountTokensRequest) -> TokenEstimate:
         """Estimate the input tokens of a request.
 
-        Synchronous and CPU-bound: a cold 200k-token conversation takes ~100 ms, so check
+        Synchronous and CPU-bound: a cold 200k-token conversation takes ~50-100 ms, so check
         :meth:`needs_thread` first and run this in ``asyncio.to_thread`` when it says so.
 
         Args:
@@ -369,25 +374,38 @@ class TokenCounter:
         """
         tally = _Tally()
         system = request.system
+        tally.part = _SYSTEM
         if isinstance(system, str):
-            tally.system = self._text(system, tally)
+            tally.add(system)
         elif system:
             for block in system:
-                tally.system += self._system_block(block, tally)
+                text = block.get("text")
+                tally.add(text if block.get("type") == "text" and isinstance(text, str)
+                          else _json_text(block))
         if request.tools:
-            tally.tools = TOOLS_PREAMBLE_TOKENS + sum(
-                self._text(_json_text(tool), tally) for tool in request.tools
-            )
+            tally.part = _TOOLS
+            tally.sums[_TOOLS] = TOOLS_PREAMBLE_TOKENS
+            for tool in request.tools:
+                tally.add(_json_text(tool))
+        tally.part = _MESSAGES
+        tally.sums[_MESSAGES] = MESSAGE_OVERHEAD_TOKENS * len(request.messages)
         for message in request.messages:
-            tally.messages += MESSAGE_OVERHEAD_TOKENS + self._message(message, tally)
-        total = tally.system + tally.tools + tally.messages + tally.images + tally.documents
+            content = message.content
+            if isinstance(content, str):
+                tally.add(content)
+            else:
+                for block in content:
+                    self._block(block, tally)
+        for part, count in zip(tally.parts, self._counts(tally.texts, tally), strict=True):
+            tally.sums[part] += count
+        sums = tally.sums
         return TokenEstimate(
-            tokens=total,
-            system=tally.system,
-            messages=tally.messages,
-            tools=tally.tools,
-            images=tally.images,
-            documents=tally.documents,
+            tokens=sum(sums),
+            system=sums[_SYSTEM],
+            messages=sums[_MESSAGES],
+            tools=sums[_TOOLS],
+            images=sums[_IMAGES],
+            documents=sums[_DOCUMENTS],
             image_count=tally.image_count,
             document_count=tally.document_count,
             uncached_chars=tally.uncached_chars,
@@ -403,7 +421,7 @@ class TokenCounter:
         texts = list(_texts_of(request))
         with self._lock:
             cache = self._cache
-            return sum(len(t) for t in texts if len(t) >= _SMALL_TEXT and hash(t) not in cache)
+            return sum(len(t) for t in texts if hash(t) not in cache)
 
     def needs_thread(self, request: MessagesRequest | CountTokensRequest) -> bool:
         """Whether :meth:`estimate` would block the event loop long enough to need a thread.
@@ -418,97 +436,96 @@ class TokenCounter:
 
     # -- parts ---------------------------------------------------------------------------------
 
-    def _text(self, text: str, tally: _Tally) -> int:
-        if len(text) < _SMALL_TEXT:
-            return self.count_text(text) if text else 0
+    def _counts(self, texts: list[str], tally: _Tally) -> list[int]:
+        """Token counts of ``texts``: cached ones under one lock, the rest counted outside it."""
         # The key is the string's hash, not the string: the cache must not pin megabytes of
         # history in memory. str hashes are 64-bit SipHash with a per-process key, so a collision
         # (which would only skew one estimate) is neither likely nor constructible by a client.
-        key = hash(text)
+        keys = [hash(t) for t in texts]
         with self._lock:
-            found = self._cache.get(key)
-            if found is not None:
-                self._cache.move_to_end(key)
-                return found
-        count = self.count_text(text)  # outside the lock: this is the slow part
-        tally.uncached_chars += len(text)
+            cache = self._cache
+            found = [cache.get(k) for k in keys]
+            for key, count in zip(keys, found, strict=True):
+                if count is not None:
+                    cache.move_to_end(key)
+        missing = [i for i, count in enumerate(found) if count is None]
+        counts = [0 if c is None else c for c in found]
+        if not missing:
+            return counts
+        for i in missing:  # outside the lock: this is the slow part
+            counts[i] = self.count_text(texts[i])
+            tally.uncached_chars += len(texts[i])
         with self._lock:
-            self._cache[key] = count
-            if len(self._cache) > self._max_entries:
-                self._cache.popitem(last=False)
-        return count
+            for i in missing:
+                cache[keys[i]] = counts[i]
+            while len(cache) > self._max_entries:
+                cache.popitem(last=False)
+        return counts
 
-    def _system_block(self, block: Block, tally: _Tally) -> int:
-        text = block.get("text")
-        if block.get("type") == "text" and isinstance(text, str):
-            return self._text(text, tally)
-        return self._text(_json_text(block), tally)
-
-    def _message(self, message: MessageParam, tally: _Tally) -> int:
-        content = message.content
-        if isinstance(content, str):
-            return self._text(content, tally)
-        return sum(self._block(block, tally) for block in content)
-
-    def _block(self, block: Block, tally: _Tally) -> int:
+    def _block(self, block: Block, tally: _Tally) -> None:
         kind = block.get("type")
         if kind == "text":
             text = block.get("text")
-            return self._text(text, tally) if isinstance(text, str) else 0
-        if kind == "image":
+            if isinstance(text, str):
+                tally.add(text)
+        elif kind == "image":
             tally.image_count += 1
-            tally.images += image_tokens(block.get("source"))
-            return 0
-        if kind == "document":
+            tally.sums[_IMAGES] += image_tokens(block.get("source"))
+        elif kind == "document":
             tally.document_count += 1
-            tally.documents += self._document(block, tally)
-            return 0
-        if kind == "tool_use" or kind == "server_tool_use":
+            outer, tally.part = tally.part, _DOCUMENTS
+            self._document(block, tally)
+            tally.part = outer
+        elif kind == "tool_use" or kind == "server_tool_use":
             name = block.get("name")
-            head = self._text(name, tally) if isinstance(name, str) else 0
-            return head + self._text(_json_text(block.get("input", {})), tally)
-        if kind == "tool_result":
-            return self._tool_result(block.get("content"), tally)
-        if kind == "thinking":
+            if isinstance(name, str):
+                tally.add(name)
+            tally.add(_json_text(block.get("input", {})))
+        elif kind == "tool_result":
+            content = block.get("content")
+            if isinstance(content, str):
+                tally.add(content)
+            elif isinstance(content, list):
+                for inner in content:
+                    if isinstance(inner, dict):
+                        self._block(inner, tally)
+        elif kind == "thinking":
             # Counted although the API drops older turns' thinking for some models: erring high
             # keeps context-window rules safe, and the learned factor absorbs the bias.
             thinking = block.get("thinking")
-            return self._text(thinking, tally) if isinstance(thinking, str) else 0
-        if kind == "redacted_thinking":
+            if isinstance(thinking, str):
+                tally.add(thinking)
+        elif kind == "redacted_thinking":
             data = block.get("data")
-            return approximate_tokens(data) if isinstance(data, str) else 0
-        return self._text(_json_text(block), tally)
+            if isinstance(data, str):
+                tally.sums[tally.part] += approximate_tokens(data)
+        else:
+            tally.add(_json_text(block))
 
-    def _tool_result(self, content: Any, tally: _Tally) -> int:
-        if isinstance(content, str):
-            return self._text(content, tally)
-        if isinstance(content, list):
-            return sum(self._block(b, tally) for b in content if isinstance(b, dict))
-        return 0
-
-    def _document(self, block: Block, tally: _Tally) -> int:
-        extra = 0
-        for field in ("title", "context"):
-            value = block.get(field)
+    def _document(self, block: Block, tally: _Tally) -> None:
+        for key in ("title", "context"):
+            value = block.get(key)
             if isinstance(value, str):
-                extra += self._text(value, tally)
+                tally.add(value)
         source = block.get("source")
         if not isinstance(source, dict):
-            return extra
+            return
         kind = source.get("type")
         data = source.get("data")
         if kind == "text" and isinstance(data, str):
-            return extra + self._text(data, tally)
-        if kind == "content":
+            tally.add(data)
+        elif kind == "content":
             inner = source.get("content")
             if isinstance(inner, str):
-                return extra + self._text(inner, tally)
-            if isinstance(inner, list):
-                return extra + sum(self._block(b, tally) for b in inner if isinstance(b, dict))
-            return extra
-        if kind == "base64" and isinstance(data, str):
-            return extra + PDF_TOKENS_PER_PAGE * self._pdf_pages(data)
-        return extra + PDF_TOKENS_PER_PAGE * UNSEEN_DOCUMENT_PAGES
+                tally.add(inner)
+            elif isinstance(inner, list):
+                for item in inner:
+                    if isinstance(item, dict):
+                        self._block(item, tally)
+        elif kind == "base64" and isinstance(data, str):
+            tally.sums[_DOCUMENTS] += PDF_TOKENS_PER_PAGE * self._pdf_pages(data)
+        else:
+            tally.sums[_DOCUMENTS] += PDF_TOKENS_PER_PAGE * UNSEEN_DOCUMENT_PAGES
 
     def _pdf_pages(self, data: str) -> int:
         # Hashing a 30 MB base64 string every turn would defeat the cache; its length plus both

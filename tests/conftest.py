@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
 import uvicorn
+from litestar import Litestar
 
 from router.app import create_app
 from router.config import LoadedConfig, RetryConfig, default_config_text
 from router.fake_upstream import FakeUpstream, running_fake
+from router.pipeline import RouterState
 from router.rules import Policy, parse_policy
 
 API_KEY = "sk-ant-test-0123456789abcdef"
+T = TypeVar("T")
 
 
 POLICY_MARK = "# ---- routing policy"
@@ -69,6 +73,28 @@ def without_retries(policy: Policy, **timeouts: float) -> Policy:
     return Policy(LoadedConfig(new, loaded.source, loaded.sha256, loaded.lines), policy.rules)
 
 
+@dataclass
+class RunningProxy:
+    """A proxy started by :func:`running_proxy`, for tests that look inside it."""
+
+    app: Litestar
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def state(self) -> RouterState:
+        """The worker's state (gate, breakers, metrics, upstream pool)."""
+        state: RouterState = self.app.state.router
+        return state
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the proxy's own event loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+
+RUNNING: dict[str, RunningProxy] = {}
+"""Every running proxy by base URL."""
+
+
 @contextmanager
 def running_proxy(policy: Policy, config_path: str | None = None) -> Iterator[str]:
     """Run the real app under uvicorn in a background thread; yield its base URL."""
@@ -76,9 +102,16 @@ def running_proxy(policy: Policy, config_path: str | None = None) -> Iterator[st
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    app = create_app(policy, config_path)
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def serve() -> None:
+        loops.append(asyncio.get_running_loop())
+        await server.serve(sockets=[sock])
+
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(policy, config_path),
+            app,
             log_config=None,
             access_log=False,
             server_header=False,
@@ -87,17 +120,18 @@ def running_proxy(policy: Policy, config_path: str | None = None) -> Iterator[st
             timeout_graceful_shutdown=1,
         )
     )
-    thread = threading.Thread(
-        target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True
-    )
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
     while not server.started:
         if not thread.is_alive():
             raise RuntimeError("proxy failed to start")
         threading.Event().wait(0.01)
+    url = f"http://127.0.0.1:{port}"
+    RUNNING[url] = RunningProxy(app, loops[0])
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
+        RUNNING.pop(url, None)
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()

@@ -1,0 +1,396 @@
+"""Fault injection: the upstream fails in every way it can; the client always gets a complete
+answer or one well-formed Anthropic error, attempts follow the policy, nothing leaks, and what
+is accounted equals what the upstream billed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import aiohttp
+import anthropic
+import msgspec
+import pytest
+
+from router.config import BreakerConfig, RetryConfig, TimeoutsConfig
+from router.fake_upstream import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
+from router.rules import Policy
+from tests.conftest import API_KEY, RUNNING, LoadedConfig, make_policy
+from tests.test_metrics import scrape, total
+from tests.test_raw_http import post
+from tests.test_routing_e2e import wait_for
+
+PROMPT = [{"role": "user", "content": "hello"}]
+HEADERS = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01",
+           "content-type": "application/json"}
+
+
+def tuned(upstream_url: str, policy_yaml: str = "default: requested\n", *,
+          attempts: int = 3, first_byte: float = 2.0, idle: float = 2.0, total_s: float = 10.0,
+          failures: int = 5, cooldown: float = 30.0) -> Policy:
+    """The default tiers with fast retries and short timeouts, so faults play out quickly."""
+    policy = make_policy(upstream_url, policy_yaml)
+    config = policy.config
+    timeouts = TimeoutsConfig(connect=1.0, first_byte=first_byte, idle=idle, total=total_s)
+    tiers = {name: msgspec.structs.replace(tier, timeouts=TimeoutsConfig(), retry=RetryConfig())
+             for name, tier in config.tiers.items()}
+    upstream = msgspec.structs.replace(
+        config.upstream, timeouts=timeouts,
+        retry=RetryConfig(attempts=attempts, base_delay=0.02, max_delay=2.0),
+        breaker=BreakerConfig(failures=failures, cooldown=cooldown))
+    new = msgspec.structs.replace(config, tiers=tiers, upstream=upstream)
+    loaded = policy.loaded
+    return Policy(LoadedConfig(new, loaded.source, loaded.sha256, loaded.lines), policy.rules)
+
+
+def body(model: str = "claude-haiku-4-5", **extra: Any) -> bytes:
+    return json.dumps({"model": model, "max_tokens": 32, "messages": PROMPT, **extra}).encode()
+
+
+def models_received(fake: FakeUpstream) -> list[str]:
+    return [r.json()["model"] for r in fake.received if r.path == "/v1/messages"]
+
+
+def test_529_burst_is_retried_and_the_client_never_sees_it(fake: FakeUpstream,
+                                                           start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(Fail(529, "overloaded_error"), Fail(529, "overloaded_error"))
+    status, headers, _ = post(url, body())
+    assert status == 200
+    assert models_received(fake) == ["claude-haiku-4-5"] * 3
+    assert "x-router-fallback" not in headers
+    samples = scrape(url)
+    assert total(samples, "router_retries_total", reason="overloaded_error") == 2
+
+
+def test_retry_after_is_honoured(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(Fail(429, "rate_limit_error", headers={"retry-after": "1"}))
+    started = time.monotonic()
+    status, _, _ = post(url, body())
+    assert status == 200
+    assert 0.95 <= time.monotonic() - started < 3
+    fake.clear()
+    fake.script(Fail(503, "api_error", headers={"retry-after-ms": "300", "retry-after": ""}))
+    started = time.monotonic()
+    assert post(url, body())[0] == 200
+    assert 0.28 <= time.monotonic() - started < 2
+
+
+def test_long_retry_after_goes_to_the_fallback_at_once(fake: FakeUpstream, start_proxy: Any
+                                                       ) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(Fail(429, "rate_limit_error", headers={"retry-after": "30"}))
+    started = time.monotonic()
+    status, headers, _ = post(url, body())
+    assert time.monotonic() - started < 1
+    assert status == 200
+    assert headers["x-router-fallback"] == "claude-haiku-4-5->claude-sonnet-4-6"
+    assert headers["x-router-model"] == "claude-sonnet-4-6"
+    assert models_received(fake) == ["claude-haiku-4-5", "claude-sonnet-4-6"]
+
+
+@pytest.mark.parametrize("fail", [
+    Fail(400, "invalid_request_error", "messages: bad"),
+    Fail(401, "authentication_error"),
+    Fail(413, "request_too_large"),
+    Fail(400, "invalid_request_error", headers={"x-should-retry": "true"}),
+    Fail(529, "overloaded_error", headers={"x-should-retry": "false"}),
+    Fail(429, "rate_limit_error", "spend cap", headers={"retry-after": ""}),
+])
+def test_errors_that_must_not_be_retried(fake: FakeUpstream, start_proxy: Any, fail: Fail
+                                         ) -> None:
+    if fail.status == 429:
+        fail = Fail(429, "rate_limit_error", "enforced_spend_limit_reached: spend_limit hit",
+                    headers={"retry-after": ""})
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(fail)
+    status, _, data = post(url, body())
+    assert status == fail.status
+    assert json.loads(data)["error"]["type"] == fail.error_type
+    assert len(fake.received) == 1
+
+
+def test_overloaded_tier_falls_back_down_its_chain(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(*[Fail(529, "overloaded_error")] * 3)
+    client = anthropic.Anthropic(base_url=url, api_key=API_KEY, max_retries=0)
+    raw = client.messages.with_raw_response.create(model="claude-opus-4-7", max_tokens=32,
+                                                   messages=PROMPT)
+    assert raw.parse().content[0].type == "text"
+    assert raw.headers["x-router-fallback"] == "claude-opus-4-7->claude-sonnet-4-6"
+    assert raw.headers["x-router-model"] == "claude-sonnet-4-6"
+    assert raw.headers["x-router-tier"] == "sonnet"
+    assert models_received(fake) == ["claude-opus-4-7"] * 3 + ["claude-sonnet-4-6"]
+    samples = scrape(url)
+    assert total(samples, "router_fallbacks_total", from_model="claude-opus-4-7",
+                 to_model="claude-sonnet-4-6") == 1
+    assert total(samples, "router_requests_total", model="claude-sonnet-4-6", status="2xx") == 1
+
+
+def test_everything_overloaded_passes_the_last_error_through(fake: FakeUpstream,
+                                                              start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(*[Fail(529, "overloaded_error")] * 6)
+    client = anthropic.Anthropic(base_url=url, api_key=API_KEY, max_retries=0)
+    with pytest.raises(anthropic.InternalServerError) as info:
+        client.messages.create(model="claude-opus-4-7", max_tokens=32, messages=PROMPT)
+    assert info.value.status_code == 529
+    assert info.value.request_id
+    assert len(fake.received) == 6  # 3 attempts on opus, 3 on sonnet
+
+
+PINNED = """\
+default: requested
+rules:
+  - name: batch-pinned
+    when: {app: batch}
+    pin: true
+"""
+
+
+def test_pinned_requests_do_not_fall_back(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, PINNED))
+    fake.script(*[Fail(529, "overloaded_error")] * 3)
+    status, _, _ = post(url, body("claude-opus-4-7"), {"x-app": "batch"})
+    assert status == 529
+    assert models_received(fake) == ["claude-opus-4-7"] * 3
+
+
+def test_thinking_conversations_do_not_fall_back(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    history = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": [
+                   {"type": "thinking", "thinking": "hmm", "signature": "c2ln"},
+                   {"type": "text", "text": "hello"}]},
+               {"role": "user", "content": "and now?"}]
+    fake.script(*[Fail(529, "overloaded_error")] * 3)
+    status, headers, _ = post(url, json.dumps({
+        "model": "claude-opus-4-7", "max_tokens": 2048, "messages": history,
+        "thinking": {"type": "enabled", "budget_tokens": 1024}}).encode())
+    assert status == 529
+    assert headers["x-router-rule"] == "conversation"
+    assert models_received(fake) == ["claude-opus-4-7"] * 3
+
+
+def test_connection_dropped_before_the_answer_is_retried(fake: FakeUpstream, start_proxy: Any
+                                                         ) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(Drop(), Drop(after_events=0))
+    status, _, data = post(url, body(stream=True))
+    assert status == 200
+    assert data.rstrip().endswith(b'data: {"type":"message_stop"}')
+    assert len(fake.received) == 3
+
+
+def test_stream_broken_after_its_first_byte_is_not_retried(fake: FakeUpstream, start_proxy: Any
+                                                           ) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(StreamError(after_events=3))
+    status, _, data = post(url, body(stream=True))
+    assert status == 200
+    events = [e for e in data.split(b"\n\n") if e.strip()]
+    assert events[-1].startswith(b"event: error")
+    assert json.loads(events[-1].split(b"data: ", 1)[1])["error"]["type"] == "overloaded_error"
+    assert len(fake.received) == 1
+
+
+def test_stall_past_first_byte_timeout_is_retried(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, first_byte=0.4))
+    fake.script(Stall(3.0))
+    started = time.monotonic()
+    status, _, _ = post(url, body())
+    assert status == 200
+    assert time.monotonic() - started < 2.5
+    assert len(fake.received) == 2
+
+
+def test_silent_stream_ends_with_a_timeout_error_event(fake: FakeUpstream, start_proxy: Any
+                                                       ) -> None:
+    url = start_proxy(policy=tuned(fake.url, idle=0.4))
+    fake.script(Reply(text="a b c d", event_delay=1.5))
+    started = time.monotonic()
+    status, _, data = post(url, body(stream=True))
+    assert time.monotonic() - started < 2.5
+    assert status == 200
+    events = [e for e in data.split(b"\n\n") if e.strip()]
+    assert events[0].startswith(b"event: message_start")
+    error = json.loads(events[-1].split(b"data: ", 1)[1])
+    assert error["type"] == "error" and error["error"]["type"] == "timeout_error"
+
+
+def test_deadline_bounds_the_whole_request(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, first_byte=5, total_s=1.0, attempts=5))
+    fake.script(*[Stall(0.4, then=Fail(529, "overloaded_error"))] * 10)
+    started = time.monotonic()
+    status, _, data = post(url, body("claude-opus-4-7"))
+    assert time.monotonic() - started < 2.0
+    assert status in (504, 529)
+    assert json.loads(data)["type"] == "error"
+
+
+def test_malformed_upstream_answer_is_passed_on_not_crashed_on(fake: FakeUpstream,
+                                                                start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(Malformed(b'{"type":"message","content":[', status=200))
+    status, _, data = post(url, body())
+    assert status == 200 and data == b'{"type":"message","content":['
+    fake.script(Malformed(b"<html>bad gateway</html>", status=502, content_type="text/html"),
+                Malformed(b"<html>bad gateway</html>", status=502, content_type="text/html"),
+                Malformed(b"<html>bad gateway</html>", status=502, content_type="text/html"),
+                Malformed(b"<html>bad gateway</html>", status=502, content_type="text/html"),
+                Malformed(b"<html>bad gateway</html>", status=502, content_type="text/html"),
+                Malformed(b"<html>bad gateway</html>", status=502, content_type="text/html"))
+    status, _, data = post(url, body())
+    assert status == 502
+    assert data == b"<html>bad gateway</html>"
+
+
+def test_circuit_breaker_skips_a_failing_model_then_probes_it(fake: FakeUpstream,
+                                                              start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, attempts=1, failures=2, cooldown=1.0))
+    for _ in range(2):
+        fake.script(Fail(500, "api_error"))
+        assert post(url, body())[0] == 200  # fell back to sonnet each time
+    assert total(scrape(url), "router_circuit_opened_total", model="claude-haiku-4-5") == 1
+    fake.clear()
+    status, headers, _ = post(url, body())
+    assert status == 200
+    assert models_received(fake) == ["claude-sonnet-4-6"]  # haiku skipped: circuit open
+    assert headers["x-router-model"] == "claude-sonnet-4-6"
+    time.sleep(1.1)
+    fake.clear()
+    assert post(url, body())[0] == 200
+    assert models_received(fake) == ["claude-haiku-4-5"]  # the probe, which closes it
+
+
+def test_backpressure_answers_529_at_once(fake: FakeUpstream, start_proxy: Any) -> None:
+    policy = tuned(fake.url)
+    server = msgspec.structs.replace(policy.config.server, max_in_flight=2)
+    loaded = policy.loaded
+    url = start_proxy(policy=Policy(LoadedConfig(msgspec.structs.replace(
+        policy.config, server=server), loaded.source, loaded.sha256, loaded.lines), policy.rules))
+    fake.script(Stall(1.0), Stall(1.0))
+
+    async def run() -> list[tuple[int, float, dict[str, str]]]:
+        async with aiohttp.ClientSession() as session:
+            async def one(delay: float) -> tuple[int, float, dict[str, str]]:
+                await asyncio.sleep(delay)
+                started = time.monotonic()
+                async with session.post(url + "/v1/messages", data=body(),
+                                        headers=HEADERS) as r:
+                    await r.read()
+                    lowered = {k.lower(): v for k, v in r.headers.items()}
+                    return r.status, time.monotonic() - started, lowered
+            return await asyncio.gather(one(0), one(0), one(0.3))
+
+    results = asyncio.run(run())
+    assert sorted(s for s, _, _ in results) == [200, 200, 529], results
+    rejected = next(r for r in results if r[0] == 529)
+    assert rejected[1] < 0.2
+    assert rejected[2].get("retry-after") == "1", rejected
+    assert RUNNING[url].state.gate.requests == 0
+
+
+def test_client_disconnect_cancels_upstream_and_still_accounts(fake: FakeUpstream,
+                                                               start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    fake.script(Reply(text=" ".join(["word"] * 40), event_delay=0.1,
+                      usage={"input_tokens": 500, "output_tokens": 77}))
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session, session.post(
+                url + "/v1/messages", data=body(stream=True), headers=HEADERS) as r:
+            await r.content.readuntil(b"\n\n")  # message_start, then hang up
+
+    asyncio.run(run())
+    # The upstream stops producing (and billing) soon after; the proxy accounts what it saw.
+    assert wait_for(lambda: total(scrape(url), "router_requests_total") == 1)
+    time.sleep(0.5)
+    billed = fake.billed
+    assert len(billed) == 1
+    assert billed[0]["input_tokens"] == 500
+    samples = scrape(url)
+    assert total(samples, "router_tokens_total", type="input") == 500
+    assert total(samples, "router_tokens_total", type="output") == billed[0]["output_tokens"]
+    assert billed[0]["output_tokens"] < 77  # cut before the end: never billed in full
+    assert total(samples, "router_requests_total", status="client_disconnected") == 1
+    assert total(samples, "router_in_flight_requests") == 0
+
+
+def test_many_clients_through_random_faults(fake: FakeUpstream, start_proxy: Any) -> None:
+    """Every request ends in a complete answer or one well-formed error; attempts match the
+    policy; usage accounted equals usage billed; no task or connection leaks."""
+    url = start_proxy(policy=tuned(fake.url, first_byte=0.5, idle=0.5, total_s=5))
+    proxy = RUNNING[url]
+    rng = random.Random(7)
+    faults: list[Any] = [
+        Fail(529, "overloaded_error"), Fail(429, "rate_limit_error",
+                                            headers={"retry-after": "0.05"}),
+        Fail(500, "api_error"), Drop(), Drop(after_events=0), Drop(after_events=4),
+        Stall(0.8), StreamError(after_events=5), Reply(event_delay=0.01),
+        Reply(usage={"cache_read_input_tokens": 100, "cache_creation_input_tokens": 50}),
+    ]
+    n = 60
+    fake.script(*[rng.choice(faults) if rng.random() < 0.5 else Reply() for _ in range(n * 3)])
+
+    async def tasks_now() -> int:
+        return len(asyncio.all_tasks())
+
+    baseline = proxy.call(tasks_now())
+
+    async def run() -> list[tuple[int, bytes, float, bool]]:
+        connector = aiohttp.TCPConnector(limit=20)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def one(i: int) -> tuple[int, bytes, float, bool]:
+                stream = i % 2 == 0
+                model = ("claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7")[i % 3]
+                started = time.monotonic()
+                async with session.post(url + "/v1/messages", data=body(model, stream=stream),
+                                        headers=HEADERS) as r:
+                    data = await r.read()
+                    return r.status, data, time.monotonic() - started, stream
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    results = asyncio.run(run())
+    for status, data, seconds, stream in results:
+        assert seconds < 8, "every request ends within its deadline"
+        if status == 200 and stream:
+            events = [e for e in data.split(b"\n\n") if e.strip()]
+            last = events[-1]
+            if last.startswith(b"event: error"):
+                assert json.loads(last.split(b"data: ", 1)[1])["type"] == "error"
+            else:
+                assert last == b'event: message_stop\ndata: {"type":"message_stop"}'
+        elif status == 200:
+            assert json.loads(data)["type"] == "message"
+        else:
+            error = json.loads(data)
+            assert error["type"] == "error" and error["error"]["type"]
+    # At most 3 attempts per model and 2 models per request.
+    assert len(fake.received) <= n * 6
+    assert sum(1 for s, *_ in results if s == 200) >= n * 0.9
+
+    def settled() -> bool:
+        return total(scrape(url), "router_requests_total") == n
+
+    assert wait_for(settled)
+    samples = scrape(url)
+    billed = fake.billed
+    for kind, field in [("input", "input_tokens"), ("output", "output_tokens"),
+                        ("cache_read", "cache_read_input_tokens")]:
+        assert total(samples, "router_tokens_total", type=kind) == sum(
+            b.get(field, 0) for b in billed), kind
+    assert total(samples, "router_in_flight_requests") == 0
+    state = proxy.state
+    assert state.gate.requests == 0 and state.gate.bytes == 0
+
+    def no_leaks() -> bool:
+        connector = state.upstream._session.connector if state.upstream._session else None
+        acquired = len(getattr(connector, "_acquired", ())) if connector else 0
+        return acquired == 0 and proxy.call(tasks_now()) <= baseline
+
+    assert wait_for(no_leaks, 5), "tasks or upstream connections leaked"
