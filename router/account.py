@@ -120,10 +120,19 @@ def account(record: Record, books: Books) -> None:
                                   tokens.input_side)
             metrics.estimate_ratio.labels(model).observe(
                 tokens.input_side / record.estimated_tokens)
-    if outcome is not None and outcome.sent_at:
-        metrics.overhead.observe(max(0.0, record.seconds - outcome.upstream_seconds))
+    if outcome is not None and outcome.first_sent_at:
+        metrics.overhead.observe(proxy_overhead(record, outcome))
     if books.logger.isEnabledFor(logging.INFO):
         books.logger.info(log_fields(record, tokens, cost))
+
+
+def proxy_overhead(record: Record, outcome: Outcome) -> float:
+    """Seconds spent in the proxy itself: before the first attempt went upstream, and after the
+    answer's last byte arrived. Upstream time, retries and backoff are not the proxy's."""
+    before = outcome.first_sent_at - record.started_at
+    answered = outcome.sent_at + outcome.upstream_seconds
+    after = record.started_at + record.seconds - answered
+    return max(0.0, before) + max(0.0, after)
 
 
 def _count_resilience(metrics: Metrics, outcome: Outcome) -> None:

@@ -181,6 +181,8 @@ class Outcome:
     """Each move to another model, as (from, to)."""
     breaker_opened: list[str] = field(default_factory=list)
     """Models whose circuit this request's failures opened."""
+    first_sent_at: float = 0.0
+    """``perf_counter()`` when the first attempt went upstream."""
     sent_at: float = 0.0
     """``perf_counter()`` when the answering attempt went upstream."""
     upstream_seconds: float = 0.0
@@ -354,6 +356,7 @@ async def _attempts(
             left = deadline - time.monotonic() if deadline is not None else None
             first_byte = _smallest(timeouts.first_byte, left)
             outcome.sent_at = time.perf_counter()
+            outcome.first_sent_at = outcome.first_sent_at or outcome.sent_at
             try:
                 response = await upstream.send(
                     call.method, call.path_qs, call.headers, body,
