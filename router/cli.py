@@ -34,6 +34,7 @@ def cli() -> None:
       router serve --config router.yaml --port 9000 --workers 2
       router check --config router.yaml     # validate, exit 1 with each bad key and line
       router explain request.json           # which model a request would get, and why
+      router demo                           # everything, on a simulated upstream, no key
     """
 
 
@@ -169,6 +170,50 @@ def explain(request_file: Any, config_path: str | None, headers: tuple[str, ...]
         click.echo(json.dumps(report, indent=2, default=str))
         return
     click.echo(render_explanation(report))
+
+
+@cli.command()
+@click.option("--config", "config_path", metavar="PATH", help=CONFIG_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option("--rate", default=5.0, show_default=True, type=float,
+              help="Requests per second the traffic generator sends.")
+@click.option("--duration", default=0.0, show_default=True, type=float,
+              help="Seconds to run; 0 runs until Ctrl-C.")
+def demo(config_path: str | None, host: str, port: int, rate: float, duration: float) -> None:
+    """See the whole thing work, with no API key: a simulated upstream, the proxy, and traffic.
+
+    The proxy routes a realistic mix of requests by your router.yaml (or the default) to a
+    simulated Messages API; point Prometheus and Grafana at it (dashboards/) and watch
+    /metrics fill up. Sample requests are written for `router explain`.
+
+    \b
+    Examples:
+      router demo                         # until Ctrl-C, on http://127.0.0.1:8080
+      router demo --rate 20 --duration 60
+      curl -s localhost:8080/metrics | grep router_cost_usd_total
+    """
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from router.demo import sample_files, serve_demo
+    from router.logs import configure_logging
+
+    policy = _load_or_exit(resolve_config_path(config_path))
+    configure_logging("warning")
+    samples = sample_files(Path(tempfile.mkdtemp(prefix="router-demo-")))
+
+    def announce(url: str, upstream: str) -> None:
+        click.echo(f"router demo: proxy on {url} -> simulated upstream {upstream}\n"
+                   f"  metrics:  {url}/metrics\n"
+                   f"  explain:  router explain {samples[3]}\n"
+                   f"            curl -s {url}/v1/router/explain -d @{samples[0]}\n"
+                   f"  traffic:  about {rate:g} requests/s"
+                   + (f" for {duration:g} s" if duration > 0 else " (Ctrl-C to stop)"),
+                   err=True)
+
+    asyncio.run(serve_demo(policy, host, port, rate, duration, announce))
 
 
 def render_explanation(report: dict[str, Any]) -> str:
