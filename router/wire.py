@@ -22,21 +22,6 @@ class MessageParam(msgspec.Struct, frozen=True):
     content: str | list[Block]
 
 
-class MessagesRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """The routed-on fields of a ``POST /v1/messages`` body."""
-
-    model: str
-    max_tokens: int
-    messages: list[MessageParam]
-    system: str | list[Block] | None = None
-    tools: list[Block] | None = None
-    tool_choice: Block | None = None
-    thinking: Block | None = None
-    output_config: Block | None = None
-    metadata: Block | None = None
-    stream: bool = False
-
-
 class CountTokensRequest(msgspec.Struct, frozen=True, kw_only=True):
     """The routed-on fields of a ``POST /v1/messages/count_tokens`` body (no ``max_tokens``)."""
 
@@ -47,6 +32,14 @@ class CountTokensRequest(msgspec.Struct, frozen=True, kw_only=True):
     tool_choice: Block | None = None
     thinking: Block | None = None
     output_config: Block | None = None
+
+
+class MessagesRequest(CountTokensRequest, frozen=True, kw_only=True):
+    """The routed-on fields of a ``POST /v1/messages`` body: count_tokens' and a few more."""
+
+    max_tokens: int
+    metadata: Block | None = None
+    stream: bool = False
 
 
 class CacheCreation(msgspec.Struct, frozen=True):
