@@ -99,7 +99,7 @@ def account(record: Record, books: Books) -> None:
     tier = books.tier_of(answered_by) if answered_by else (
         (decision.tier or OTHER) if decision else OTHER)
     rule = metrics.rule_label(decision.rule) if decision else "none"
-    metrics.requests.labels(tier, model, rule, status_label(record)).inc()
+    metrics.bound(metrics.requests, tier, model, rule, status_label(record)).inc()
 
     if outcome is not None:
         _count_resilience(metrics, outcome)
@@ -109,16 +109,16 @@ def account(record: Record, books: Books) -> None:
         tokens = tokens_of(outcome.usage)
         cost = _count_usage(record, books, model, tier, rule, tokens)
         stream = "true" if outcome.stream else "false"
-        metrics.duration.labels(model, stream).observe(record.seconds)
+        metrics.bound(metrics.duration, model, stream).observe(record.seconds)
         if outcome.first_token_seconds is not None:
             wait = outcome.sent_at - record.started_at + outcome.first_token_seconds
-            metrics.ttft.labels(model, stream).observe(wait)
+            metrics.bound(metrics.ttft, model, stream).observe(wait)
         if outcome.error_type:
-            metrics.upstream_errors.labels(model, outcome.error_type).inc()
+            metrics.bound(metrics.upstream_errors, model, outcome.error_type).inc()
         if outcome.status == 200 and record.estimated_tokens and tokens.input_side:
             books.learner.observe(answered_by or decision.model, record.estimated_tokens,
                                   tokens.input_side)
-            metrics.estimate_ratio.labels(model).observe(
+            metrics.bound(metrics.estimate_ratio, model).observe(
                 tokens.input_side / record.estimated_tokens)
     if outcome is not None and outcome.first_sent_at:
         metrics.overhead.observe(proxy_overhead(record, outcome))
@@ -138,11 +138,13 @@ def proxy_overhead(record: Record, outcome: Outcome) -> float:
 def _count_resilience(metrics: Metrics, outcome: Outcome) -> None:
     """Retries, fallbacks and breakers that opened while serving the request."""
     for model, reason in outcome.retries:
-        metrics.retries.labels(metrics.model_label(model), metrics.reason_label(reason)).inc()
+        labels = (metrics.model_label(model), metrics.reason_label(reason))
+        metrics.bound(metrics.retries, *labels).inc()
     for source, target in outcome.fallbacks:
-        metrics.fallbacks.labels(metrics.model_label(source), metrics.model_label(target)).inc()
+        labels = (metrics.model_label(source), metrics.model_label(target))
+        metrics.bound(metrics.fallbacks, *labels).inc()
     for opened in outcome.breaker_opened:
-        metrics.circuit_opened.labels(metrics.model_label(opened)).inc()
+        metrics.bound(metrics.circuit_opened, metrics.model_label(opened)).inc()
 
 
 def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
@@ -157,22 +159,22 @@ def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
                         ("cache_write_5m", tokens.cache_write_5m),
                         ("cache_write_1h", tokens.cache_write_1h)):
         if count:
-            metrics.tokens.labels(model, tier, kind).inc(count)
+            metrics.bound(metrics.tokens, model, tier, kind).inc(count)
     usage = record.outcome.usage
     answered_by = record.outcome.model or record.decision.model
     cost = record.outcome.cost_usd
     if cost is None:
         cost = books.prices.cost(answered_by, usage)
     if cost is None:
-        metrics.unpriced.labels(model).inc()
+        metrics.bound(metrics.unpriced, model).inc()
         return None
-    metrics.cost.labels(model, tier, rule).inc(float(cost))
+    metrics.bound(metrics.cost, model, tier, rule).inc(float(cost))
     if record.requested_model is not None:
         requested = books.tier_models.get(record.requested_model, record.requested_model)
         would_be = books.prices.cost(requested, usage)
         label = requested if requested in books.requested_models else OTHER
         # With no price for the requested model, claim no savings: count what was spent.
-        metrics.counterfactual.labels(label).inc(float(would_be if would_be is not None
+        metrics.bound(metrics.counterfactual, label).inc(float(would_be if would_be is not None
                                                        else cost))
     return cost
 

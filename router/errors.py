@@ -20,17 +20,19 @@ cannot reach the API.
 from __future__ import annotations
 
 import secrets
-import string
 from typing import ClassVar
 
 import msgspec
 
-_BASE62 = string.ascii_letters + string.digits
+# URL-safe base64 is base62 plus '-' and '_'; folding those two onto letters keeps the API's
+# alphabet at the cost of a sliver of entropy (still > 140 bits), and is 20x faster than
+# choosing 24 characters one by one.
+_TO_BASE62 = str.maketrans("-_", "xZ")
 
 
 def new_request_id() -> str:
-    """Return a fresh id in the API's ``req_…`` style, for answers the proxy makes itself."""
-    return "req_" + "".join(secrets.choice(_BASE62) for _ in range(24))
+    """Return a fresh id in the API's ``req_…`` style (24 base62 characters)."""
+    return "req_" + secrets.token_urlsafe(18).translate(_TO_BASE62)
 
 
 class RouterError(Exception):

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +26,7 @@ from prometheus_client import (
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+M = TypeVar("M", Counter, Gauge, Histogram)
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
                    300.0, 600.0)
 """LLM answers take from tens of milliseconds (a cached count) to minutes (long thinking)."""
@@ -142,6 +144,7 @@ class Metrics:
         self.budget_daily = Gauge(
             "router_budget_daily_usd", "The daily spend budget from router.yaml.",
             multiprocess_mode="max", registry=reg)
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.known_models: frozenset[str] = frozenset()
         self.known_rules: frozenset[str] = frozenset()
         self._live: tuple[str, str] | None = None
@@ -159,6 +162,18 @@ class Metrics:
         # Zero series for the common labels, so rates and alerts have data from the start.
         for result in ("ok", "error"):
             self.reloads.labels(result)
+
+    def bound(self, metric: M, *values: str) -> M:
+        """The child of ``metric`` for these label values, bound once and then reused.
+
+        ``labels()`` validates and locks on every call; on the request path a dict lookup is
+        enough, and the label sets are bounded, so the cache is too.
+        """
+        key = (metric._name, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def model_label(self, model: str | None) -> str:
         """``model`` if the config knows it, else ``other``."""
