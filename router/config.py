@@ -7,6 +7,7 @@ the key that is wrong.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -211,16 +212,20 @@ class Config(_Section, frozen=True, kw_only=True):
 
     def timeouts(self, tier: Tier | None) -> TimeoutsConfig:
         """Return the timeouts of a tier: its own settings over ``upstream.timeouts``."""
-        return _merged(self.upstream.timeouts, self.tiers[tier].timeouts if tier else None)
+        merged: TimeoutsConfig = _merged(self.upstream.timeouts,
+                                         self.tiers[tier].timeouts if tier else None)
+        return merged
 
     def retry(self, tier: Tier | None) -> RetryConfig:
         """Return the retry settings of a tier: its own over ``upstream.retry``."""
-        return _merged(self.upstream.retry, self.tiers[tier].retry if tier else None)
+        merged: RetryConfig = _merged(self.upstream.retry, self.tiers[tier].retry if tier else None)
+        return merged
 
 
 S = TypeVar("S", TimeoutsConfig, RetryConfig)
 
 
+@functools.lru_cache(maxsize=256)
 def _merged(base: S, override: S | None) -> S:
     """Return ``base`` with every field ``override`` sets replaced."""
     if override is None:

@@ -101,10 +101,10 @@ def decide(
     if features.history_thinking and not (winner and winner.allow_model_switch):
         model = sticky_model or requested
         reason = "earlier turns carry thinking blocks signed by this model"
-        return Decision(model, tier_of_model(config, model), "conversation", reason, tuple(trace))
+        return Decision(model, policy.tier_of(model), "conversation", reason, tuple(trace))
 
     if winner is not None and winner.pin:
-        return Decision(requested, tier_of_model(config, requested), winner.name,
+        return Decision(requested, policy.tier_of(requested), winner.name,
                         "pinned to the requested model", tuple(trace))
 
     if winner is None:
@@ -114,7 +114,7 @@ def decide(
         name, reason = winner.name, winner.description or _effect(winner)
         target = winner.tier or winner.model or requested
     model = resolve_model(config, target)
-    tier = tier_of_model(config, model)
+    tier = policy.tier_of(model)
     needed = features.input_tokens + features.max_tokens
     fallbacks: tuple[str, ...] = ()
     if tier is not None:

@@ -325,71 +325,87 @@ async def _attempts(
     if body is not None and model is not None and call.requested is not None:
         body = with_model(body, call.requested, model)
 
-    def waited(state: RetryCallState) -> float:
-        failed = state.outcome.exception() if state.outcome else None
-        hinted = failed.wait if isinstance(failed, _Failed) else None
-        return hinted if hinted is not None else backoff(retry, state.attempt_number - 1)
+    async def once() -> tuple[aiohttp.ClientResponse, bytes | None]:
+        outcome.attempts += 1
+        left = deadline - time.monotonic() if deadline is not None else None
+        outcome.sent_at = time.perf_counter()
+        outcome.first_sent_at = outcome.first_sent_at or outcome.sent_at
+        try:
+            response = await upstream.send(
+                call.method, call.path_qs, call.headers, body, connect=timeouts.connect,
+                first_byte=_smallest(timeouts.first_byte, left), idle=timeouts.idle,
+            )
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            raise _failure(exc, breakers, model, outcome) from exc
+        if response.status >= 400:
+            error_body = await _read_error(response)
+            if should_retry(response.status, response.headers, error_body):
+                if response.status >= 500:
+                    _count_failure(breakers, model, outcome)
+                reason = error_type_of_event(error_body) if error_body else str(response.status)
+                raise _Failed(reason, retry_after(response.headers), response=response)
+            return response, None
+        first = None
+        if _is_stream(response):
+            # Nothing has gone to the client yet: a stream that breaks before its first event
+            # is retried like a refused connection.
+            try:
+                first = await _first_chunk(response, deadline)
+            except (UpstreamUnavailable, UpstreamTimeout) as exc:
+                response.close()
+                raise _failure(exc, breakers, model, outcome) from exc
+        if model is not None:
+            breakers.succeeded(model)
+        return response, first
 
-    def out_of_time(state: RetryCallState) -> bool:
-        failed = state.outcome.exception() if state.outcome else None
-        if isinstance(failed, _Failed) and failed.wait is not None and failed.wait > max_delay:
+    def delay(failed: _Failed, retries_so_far: int) -> float:
+        return failed.wait if failed.wait is not None else backoff(retry, retries_so_far)
+
+    def gives_up(failed: _Failed, retries_so_far: int) -> bool:
+        if failed.wait is not None and failed.wait > max_delay:
             return True  # not worth waiting here: the fallback (or the client) takes over
-        return deadline is not None and time.monotonic() + waited(state) >= deadline
+        return deadline is not None and time.monotonic() + delay(failed, retries_so_far) >= deadline
 
-    def before_sleep(state: RetryCallState) -> None:
+    def note(failed: _Failed) -> None:
+        outcome.retries.append((model, failed.reason))
+        if failed.response is not None:
+            failed.response.close()
+
+    # The first attempt runs bare: the common case, a success, pays nothing for retry
+    # machinery. Tenacity takes over from the first failure.
+    try:
+        return await once()
+    except _Failed as failed:
+        if (retry.attempts or 1) <= 1 or gives_up(failed, 0):
+            raise
+        note(failed)
+        await asyncio.sleep(delay(failed, 0))
+
+    def last_failure(state: RetryCallState) -> _Failed:
         failed = state.outcome.exception() if state.outcome else None
-        if isinstance(failed, _Failed):
-            outcome.retries.append((model, failed.reason))
-            if failed.response is not None:
-                failed.response.close()
+        assert isinstance(failed, _Failed)
+        return failed
 
     retrying = AsyncRetrying(
-        stop=stop_any(stop_after_attempt(retry.attempts or 1), _StopWhen(out_of_time)),
-        wait=waited,
+        stop=stop_any(stop_after_attempt((retry.attempts or 1) - 1),
+                      _StopWhen(lambda st: gives_up(last_failure(st), st.attempt_number))),
+        wait=lambda st: delay(last_failure(st), st.attempt_number),
         retry=retry_if_exception_type(_Failed),
-        before_sleep=before_sleep,
+        before_sleep=lambda st: note(last_failure(st)),
         reraise=True,
     )
     async for attempt in retrying:
         with attempt:
-            outcome.attempts += 1
-            left = deadline - time.monotonic() if deadline is not None else None
-            first_byte = _smallest(timeouts.first_byte, left)
-            outcome.sent_at = time.perf_counter()
-            outcome.first_sent_at = outcome.first_sent_at or outcome.sent_at
-            try:
-                response = await upstream.send(
-                    call.method, call.path_qs, call.headers, body,
-                    connect=timeouts.connect, first_byte=first_byte, idle=timeouts.idle,
-                )
-            except (UpstreamUnavailable, UpstreamTimeout) as exc:
-                _count_failure(breakers, model, outcome)
-                reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
-                raise _Failed(reason, None, error=exc) from exc
-            if response.status >= 400:
-                error_body = await _read_error(response)
-                if should_retry(response.status, response.headers, error_body):
-                    if response.status >= 500:
-                        _count_failure(breakers, model, outcome)
-                    reason = error_type_of_event(error_body) if error_body else str(
-                        response.status)
-                    raise _Failed(reason, retry_after(response.headers), response=response)
-                return response, None
-            first = None
-            if _is_stream(response):
-                # Nothing has gone to the client yet: a stream that breaks before its first
-                # event is retried like a refused connection.
-                try:
-                    first = await _first_chunk(response, deadline)
-                except (UpstreamUnavailable, UpstreamTimeout) as exc:
-                    response.close()
-                    _count_failure(breakers, model, outcome)
-                    reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
-                    raise _Failed(reason, None, error=exc) from exc
-            if model is not None:
-                breakers.succeeded(model)
-            return response, first
+            return await once()
     raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
+
+
+def _failure(exc: UpstreamUnavailable | UpstreamTimeout, breakers: Breakers, model: str | None,
+             outcome: Outcome) -> _Failed:
+    """A connection failure or timeout, counted against the model's circuit."""
+    _count_failure(breakers, model, outcome)
+    reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
+    return _Failed(reason, None, error=exc)
 
 
 class _StopWhen(stop_base):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 from router.account import Books, Record, account
 from router.body import ClientGone, Receive, read_body
 from router.classify import Features, classify
-from router.decide import Decision, decide, resolve_model, tier_of_model
+from router.decide import Decision, decide, resolve_model
 from router.errors import MethodNotAllowed, RouterError, error_body, new_request_id
 from router.forward import Call, Outcome, Send, Upstream, forward, upstream_headers
 from router.metrics import Metrics
@@ -94,7 +95,7 @@ def route(
     """Stages 2-3: classify the request and decide its model. No I/O; reads the memory only."""
     config = policy.config
     requested = resolve_model(config, parsed.request.model)
-    requested_tier = tier_of_model(config, requested)
+    requested_tier = policy.tier_of(requested)
     prior = config.tiers[requested_tier].token_factor if requested_tier else 1.0
     features = classify(
         parsed, estimate,
@@ -232,6 +233,16 @@ async def proxy(
         error_type = err.error_type
         if not exchange.started:
             await _send_error(exchange, err, request_id)
+    except Exception:
+        # A bug of ours: logged with its traceback, answered as a retryable 500 that says
+        # nothing of it (and never echoes the request).
+        logging.getLogger("router.pipeline").exception(
+            {"event": "internal_error", "request_id": request_id, "path": scope["path"]})
+        status = 500
+        error_type = "api_error"
+        if not exchange.started:
+            await _send_error(exchange, RouterError("internal error in the routing proxy"),
+                              request_id)
     finally:
         state.gate.release(held)
         if admitted:
@@ -263,12 +274,11 @@ def _extra_headers(decision: Decision | None, policy: Policy
     """Return a function giving the x-router-* headers for an answer from a given model."""
     if decision is None:
         return lambda model: []
-    config = policy.config
 
     def headers(model: str | None) -> list[tuple[str, str]]:
         if model is None or model == decision.model:
             return router_headers(decision)
-        tier = tier_of_model(config, model)
+        tier = policy.tier_of(model)
         return [("x-router-model", model), ("x-router-tier", tier or "other"),
                 ("x-router-rule", decision.rule)]
 
@@ -284,32 +294,41 @@ async def _forward_watching_client(
     outcome: Outcome,
     request_id: str,
 ) -> None:
-    """Forward and relay, but stop at once (and stop the upstream) if the client goes away."""
+    """Forward and relay, but stop at once (and stop the upstream) if the client goes away.
+
+    One watcher task, which cancels this one on disconnect: cheaper on the hot path than
+    running the forwarding in a task of its own and waiting on both.
+    """
     config = policy.config
-    work = asyncio.ensure_future(forward(
-        call, state.upstream, config, lambda m: tier_of_model(config, m), state.breakers,
-        exchange, outcome, request_id, state.books.prices.cost,
-    ))
-    watcher = asyncio.ensure_future(_disconnected(receive))
+    this = asyncio.current_task()
+    assert this is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not exchange.finished:
+            left = True
+            this.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not work.done() and not exchange.finished:
-        # The client left mid-request: cancelling closes the upstream connection, so the
-        # API stops generating (and billing); the usage seen so far stays in `outcome`.
-        work.cancel()
+        await forward(
+            call, state.upstream, config, policy.tier_of, state.breakers,
+            exchange, outcome, request_id, state.books.prices.cost,
+        )
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        # The client left mid-request: cancelling closed the upstream connection, so the API
+        # stops generating (and billing); the usage seen so far stays in `outcome`.
+        this.uncancel()
         outcome.client_disconnected = True
-        await asyncio.gather(work, return_exceptions=True)
         if outcome.status == 0:
             outcome.status = 499
-        return
-    await work
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    finally:
+        watcher.cancel()
 
 
 async def _send_error(send: Callable[[dict[str, Any]], Any], err: RouterError, rid: str) -> None:
@@ -319,7 +338,7 @@ async def _send_error(send: Callable[[dict[str, Any]], Any], err: RouterError, r
         (b"content-length", str(len(body)).encode()),
         (b"request-id", rid.encode()),
     ]
-    if err.status_code in (502, 504, 529):
+    if err.status_code in (500, 502, 504, 529):
         # The SDKs retry these anyway; say so explicitly for other clients.
         headers.append((b"x-should-retry", b"true"))
     headers.extend(

@@ -22,7 +22,7 @@ import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal, Protocol
 
@@ -282,12 +282,30 @@ class Rule:
         return self.pin or self.tier is not None or self.model is not None
 
 
+_TIER_MEMO_SIZE = 4096
+"""Distinct model names remembered per policy; clients choose them, so the memo is bounded."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """A loaded, validated config with its rules compiled: what the pipeline routes by."""
 
     loaded: LoadedConfig
     rules: tuple[Rule, ...]
+    _tiers: dict[str, Tier | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def tier_of(self, model: str) -> Tier | None:
+        """The tier of a model id (memoised :func:`router.decide.tier_of_model`)."""
+        try:
+            return self._tiers[model]
+        except KeyError:
+            pass
+        from router.decide import tier_of_model
+
+        tier = tier_of_model(self.config, model)
+        if len(self._tiers) < _TIER_MEMO_SIZE:
+            self._tiers[model] = tier
+        return tier
 
     @property
     def config(self) -> Config:
