@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -56,6 +56,8 @@ class RouterState:
     """The account stage: prices, metrics, the log."""
     breakers: Breakers
     gate: Gate
+    background: set[asyncio.Future[None]] = field(default_factory=set)
+    """Exact token counts running in threads (kept referenced until done)."""
     config_path: str | None = None
     """The file to reload from; None for the embedded default."""
 
@@ -76,11 +78,29 @@ class Routed:
     """The conversation's memory key, when the decision must be remembered."""
 
 
-async def estimate_tokens(counter: TokenCounter, parsed: Parsed) -> TokenEstimate:
-    """Count the request's tokens; a long uncached count runs in a thread, off the event loop."""
+DEFER_CHARS = 48_000
+"""New text (about 12k tokens) up to which a request routes on the approximate count while the
+exact one is made in a thread for the next turn: tokenizing it inline would cost the request
+up to ~2 ms, for a number that moves no decision at that size."""
+
+
+async def estimate_tokens(counter: TokenCounter, parsed: Parsed,
+                          background: set[asyncio.Future[None]]) -> TokenEstimate:
+    """Count the request's tokens without holding up the event loop.
+
+    Cached history costs a lookup; a little new text is approximated now and counted exactly in
+    a thread (kept in ``background`` until done); a lot of new text is counted in a thread
+    before routing, since the size may then matter.
+    """
     if counter.needs_thread(parsed.request):
         return await asyncio.to_thread(counter.estimate, parsed.request)
-    return counter.estimate(parsed.request)
+    estimate = counter.estimate(parsed.request, defer_up_to=DEFER_CHARS)
+    if estimate.deferred:
+        future = asyncio.get_running_loop().run_in_executor(None, counter.learn,
+                                                            estimate.deferred)
+        background.add(future)
+        future.add_done_callback(background.discard)
+    return estimate
 
 
 def route(
@@ -117,7 +137,7 @@ async def explain(body: bytes, headers: dict[str, str], state: RouterState) -> d
         InvalidRequest: the body is not a valid Messages request.
     """
     parsed = parse_messages(body, headers)
-    estimate = await estimate_tokens(state.counter, parsed)
+    estimate = await estimate_tokens(state.counter, parsed, state.background)
     routed = route(parsed, estimate, state.policy, state.learner, state.memory, explain=True)
     return explanation(routed, state.policy)
 
@@ -204,7 +224,7 @@ async def proxy(
             parse = parse_messages if endpoint is Endpoint.MESSAGES else parse_count_tokens
             parsed = parse(body, headers)
             requested = parsed.request.model
-            estimate = await estimate_tokens(state.counter, parsed)
+            estimate = await estimate_tokens(state.counter, parsed, state.background)
             routed = route(parsed, estimate, policy, state.learner, state.memory)
             decision = routed.decision
             if routed.conversation is not None:
@@ -259,7 +279,9 @@ async def proxy(
             seconds=time.perf_counter() - t0,
             started_at=t0,
             error_type=error_type,
-            estimated_tokens=routed.estimate.tokens if routed else None,
+            # Only exact estimates teach the token factor: approximations would skew it.
+            estimated_tokens=routed.estimate.tokens if routed and routed.estimate.exact
+            else None,
         )
         account(record, state.books)
 

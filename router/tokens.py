@@ -253,7 +253,9 @@ class TokenEstimate:
     uncached_chars: int
     """Characters that had to be tokenized for this estimate (the rest came from the cache)."""
     exact: bool
-    """True when a BPE encoding counted the text, False for the byte approximation."""
+    """True when a BPE encoding counted all the text, False when any of it was approximated."""
+    deferred: tuple[str, ...] = ()
+    """New texts approximated now, to count exactly later (:meth:`TokenCounter.learn`)."""
 
 
 _SYSTEM, _MESSAGES, _TOOLS, _IMAGES, _DOCUMENTS = range(5)
@@ -271,6 +273,8 @@ class _Tally:
     image_count: int = 0
     document_count: int = 0
     uncached_chars: int = 0
+    defer_up_to: int = 0
+    deferred: list[str] = field(default_factory=list)
 
     def add(self, text: str) -> None:
         if text:
@@ -360,7 +364,9 @@ class TokenCounter:
 
     # -- estimate ------------------------------------------------------------------------------
 
-    def estimate(self, request: MessagesRequest | CountTokensRequest) -> TokenEstimate:
+    def estimate(
+        self, request: MessagesRequest | CountTokensRequest, *, defer_up_to: int = 0
+    ) -> TokenEstimate:
         """Estimate the input tokens of a request.
 
         Synchronous and CPU-bound: a cold 200k-token conversation takes ~50-100 ms, so check
@@ -368,11 +374,16 @@ class TokenCounter:
 
         Args:
             request: A decoded Messages or count_tokens body.
+            defer_up_to: When at most this many characters are new (uncached), approximate them
+                instead of tokenizing now and return them in ``deferred``, for the caller to
+                :meth:`learn` off the request path. A few percent of error on a small request
+                moves no routing decision; the exact count is ready for the conversation's
+                next turn.
 
         Returns:
             The raw counts; model-specific scaling is the caller's (config ``token_factor``).
         """
-        tally = _Tally()
+        tally = _Tally(defer_up_to=defer_up_to)
         system = request.system
         tally.part = _SYSTEM
         if isinstance(system, str):
@@ -409,8 +420,20 @@ class TokenCounter:
             image_count=tally.image_count,
             document_count=tally.document_count,
             uncached_chars=tally.uncached_chars,
-            exact=self.exact,
+            exact=self.exact and not tally.deferred,
+            deferred=tuple(tally.deferred),
         )
+
+    def learn(self, texts: tuple[str, ...]) -> None:
+        """Count texts an estimate deferred and cache them (run it in a thread: tiktoken
+        releases the GIL while it encodes)."""
+        counts = [self.count_text(text) for text in texts]
+        with self._lock:
+            cache = self._cache
+            for text, count in zip(texts, counts, strict=True):
+                cache[hash(text)] = count
+            while len(cache) > self._max_entries:
+                cache.popitem(last=False)
 
     def pending_chars(self, request: MessagesRequest | CountTokensRequest) -> int:
         """Return how many characters of text :meth:`estimate` would have to tokenize now.
@@ -451,6 +474,13 @@ class TokenCounter:
         missing = [i for i, count in enumerate(found) if count is None]
         counts = [0 if c is None else c for c in found]
         if not missing:
+            return counts
+        new_chars = sum(len(texts[i]) for i in missing)
+        if self._encoding is not None and new_chars <= tally.defer_up_to:
+            for i in missing:
+                counts[i] = approximate_tokens(texts[i])
+                tally.deferred.append(texts[i])
+            tally.uncached_chars += new_chars
             return counts
         for i in missing:  # outside the lock: this is the slow part
             counts[i] = self.count_text(texts[i])

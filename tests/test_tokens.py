@@ -310,3 +310,23 @@ def test_learner_is_bounded() -> None:
     for i in range(10):
         learner.observe(f"model-{i}", estimated=1000, actual=1200)
     assert sum(learner.observations(f"model-{i}") for i in range(10)) == 3
+
+
+def test_small_new_text_is_approximated_now_and_counted_exactly_later() -> None:
+    from router.wire import MessageParam, MessagesRequest
+
+    counter = TokenCounter.load()
+    assert counter.exact
+    request = MessagesRequest(model="claude-sonnet-4-6", max_tokens=16, messages=[
+        MessageParam("user", "Summarise the attached incident report in two lines, please.")])
+    first = counter.estimate(request, defer_up_to=32_000)
+    assert first.deferred and not first.exact
+    exact = TokenCounter.load().estimate(request)
+    assert abs(first.tokens - exact.tokens) <= max(3, exact.tokens // 4)
+    counter.learn(first.deferred)
+    second = counter.estimate(request, defer_up_to=32_000)
+    assert second.exact and second.deferred == () and second.uncached_chars == 0
+    assert second.tokens == exact.tokens
+    # Over the limit, the text is tokenized at once.
+    big = counter.estimate(request, defer_up_to=0)
+    assert big.exact
