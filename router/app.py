@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -58,10 +59,13 @@ def _proxied_tree(root: str, endpoint: Endpoint) -> Any:
     """
 
     async def handler(scope: Any, receive: Any, send: Any) -> None:
-        rest = scope["path"].rstrip("/")
-        if rest and not rest.startswith("/"):  # "/v1/modelsX" also reaches a mount
+        raw = scope.get("raw_path") or (root + scope["path"]).encode("latin-1")
+        path = raw.decode("latin-1").partition("?")[0]
+        # Only the list and one model by id: nothing else under the prefix reaches upstream
+        # ("/v1/modelsX", "/v1/models/../../v1/organizations", "/v1/models/a/b").
+        if not _UNDER_MODELS.fullmatch(path):
             raise NotFoundException()
-        scope["path"] = root + rest
+        scope["path"] = path
         await proxy(_state(scope), endpoint, scope, receive, send)
 
     return asgi(root, is_mount=True, copy_scope=True, name=f"proxy_{endpoint.value}")(handler)
@@ -140,6 +144,8 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
         headers={"request-id": rid},
     )
 
+
+_UNDER_MODELS = re.compile(r"/v1/models(/(?!\.\.?$)[A-Za-z0-9._:@-]+)?/?")
 
 _FAST_PATHS = {
     "/v1/messages": Endpoint.MESSAGES,

@@ -64,10 +64,28 @@ def with_model(body: bytes, requested: str, model: str) -> bytes:
     hits = [m for m in _MODEL_FIELD.finditer(body) if _json_string(m.group(1)) == requested]
     if len(hits) == 1:
         start, end = hits[0].span(1)
-        return body[:start] + msgspec.json.encode(model)[1:-1] + body[end:]
+        spliced = body[:start] + msgspec.json.encode(model)[1:-1] + body[end:]
+        # One literal hit is the top-level key, unless that key is spelled with escapes
+        # ("mod\u0065l") and the hit is a nested one: only then is a check worth its cost.
+        if b"\\u" not in body or _top_level_model(spliced) == model:
+            return spliced
     data = msgspec.json.decode(body)
     data["model"] = model
     return msgspec.json.encode(data)
+
+
+class _ModelOnly(msgspec.Struct):
+    model: str
+
+
+_model_only = msgspec.json.Decoder(_ModelOnly)
+
+
+def _top_level_model(body: bytes) -> str | None:
+    try:
+        return _model_only.decode(body).model
+    except msgspec.DecodeError:
+        return None
 
 
 def _json_string(raw: bytes) -> str | None:

@@ -649,7 +649,8 @@ def _conversation(messages: Sequence[MessageParam]) -> _Conversation:
             continue
         mask = 0
         for block in content:
-            bit = _BLOCK_BITS.get(block.get("type"), 0)
+            kind = block.get("type")
+            bit = _BLOCK_BITS.get(kind, 0) if isinstance(kind, str) else 0
             mask |= bit
             tool_calls += bit == _USE
         masks.append(mask)

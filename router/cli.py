@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -86,6 +87,9 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         "date_header": False,
         "timeout_graceful_shutdown": policy.config.server.grace_seconds,
     }
+    # uvicorn re-raises the SIGTERM it handled once shutdown is done; with this handler
+    # in place that ends the process with status 0, as a clean stop should.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if workers == 1:
         os.environ.pop(MULTIPROC_ENV, None)
         uvicorn.run(create_app(policy, path), **common)

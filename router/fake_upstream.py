@@ -855,7 +855,7 @@ class FakeUpstream:
     def _check_body(raw: bytes, version: str, *, needs_max_tokens: bool) -> dict[str, Any]:
         try:
             body = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             raise _Invalid(
                 400, "invalid_request_error", "There was an error parsing the body of your request"
             ) from None

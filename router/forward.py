@@ -29,6 +29,7 @@ from tenacity import (
     stop_any,
 )
 from tenacity.stop import stop_base
+from yarl import URL
 
 from router.body import with_model
 from router.config import Config, Tier, UpstreamConfig
@@ -114,8 +115,10 @@ class Upstream:
             raise UpstreamUnavailable("upstream client is not open")
         try:
             async with asyncio.timeout(first_byte):
+                # encoded=True: the path is the client's, already encoded; not normalised.
                 return await self._session.request(
-                    method, self.base_url + path_qs, data=body, headers=headers,
+                    method, URL(self.base_url + path_qs, encoded=True), data=body,
+                    headers=headers,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect,
                                                   sock_read=idle),
@@ -346,9 +349,17 @@ async def _attempts(
                 raise _Failed(reason, retry_after(response.headers), response=response)
             return response, None
         first = None
-        if _is_stream(response):
-            # Nothing has gone to the client yet: a stream that breaks before its first event
-            # is retried like a refused connection.
+        if not _is_stream(response):
+            # Nothing has gone to the client yet: a body cut off on the way is retried too.
+            try:
+                await response.read()  # kept by aiohttp for the relay
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                response.close()
+                error = (UpstreamTimeout if isinstance(exc, TimeoutError)
+                         else UpstreamUnavailable)("upstream broke off its answer")
+                raise _failure(error, breakers, model, outcome) from exc
+        else:
+            # A stream that breaks before its first event is retried like a refused connection.
             try:
                 first = await _first_chunk(response, deadline)
             except (UpstreamUnavailable, UpstreamTimeout) as exc:

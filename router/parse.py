@@ -23,6 +23,7 @@ _messages_decoder = msgspec.json.Decoder(MessagesRequest)
 _count_decoder = msgspec.json.Decoder(CountTokensRequest)
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _TYPE = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
+_MODEL_ID = re.compile(r"[\x21-\x7e]{1,256}")
 
 R = TypeVar("R", MessagesRequest, CountTokensRequest)
 
@@ -85,11 +86,20 @@ def _decode(body: bytes, decoder: msgspec.json.Decoder[R]) -> R:
     if not body.strip():
         raise InvalidRequest("request body is empty; a JSON object is required")
     try:
-        return decoder.decode(body)
+        request = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(api_style_message(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("request body is not valid UTF-8") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
+    if not _MODEL_ID.fullmatch(request.model):
+        # It becomes a header (x-router-model) and a metrics label: printable ASCII only.
+        raise InvalidRequest("model: not a valid model id (printable ASCII, at most 256 "
+                             "characters)")
+    return request
 
 
 def api_style_message(detail: str) -> str:

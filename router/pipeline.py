@@ -287,8 +287,12 @@ async def proxy(
 
 
 def _path_qs(scope: dict[str, Any]) -> str:
+    """The path and query as the client wrote them: percent-encoding untouched, so what reaches
+    the upstream is what the client asked for and nothing else (no decoded ``%2F`` or ``%3F``)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1").partition("?")[0] if raw else str(scope["path"])
     query = scope.get("query_string", b"")
-    return str(scope["path"]) + ("?" + query.decode("latin-1") if query else "")
+    return path + ("?" + query.decode("latin-1") if query else "")
 
 
 def _extra_headers(decision: Decision | None, policy: Policy

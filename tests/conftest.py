@@ -98,7 +98,9 @@ RUNNING: dict[str, RunningProxy] = {}
 @contextmanager
 def running_proxy(policy: Policy, config_path: str | None = None) -> Iterator[str]:
     """Run the real app under uvicorn in a background thread; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets it knows are TCP, and
+    # without it every keep-alive answer after the first waits ~40 ms for Nagle.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

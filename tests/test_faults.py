@@ -335,7 +335,7 @@ def test_many_clients_through_random_faults(fake: FakeUpstream, start_proxy: Any
         # bill bytes the proxy never receives (a reset discards them), which no gateway can
         # account. Both have their own tests above.
         Fail(500, "api_error"), Drop(), Drop(after_events=0),
-        Stall(0.3), StreamError(after_events=5), Reply(event_delay=0.01),
+        Stall(0.1), StreamError(after_events=5), Reply(event_delay=0.01),
         Reply(usage={"cache_read_input_tokens": 100, "cache_creation_input_tokens": 50}),
     ]
     n = 60
