@@ -52,12 +52,12 @@ class Books:
     """Model ids allowed as ``requested_model`` label values."""
     tier_models: dict[str, str] = field(default_factory=dict)
     """Tier name -> model id, to resolve a requested alias."""
-    model_tiers: dict[str, str] = field(default_factory=dict)
-    """Tier model id -> tier name, to label an answer from a fallback model."""
+    policy: Policy | None = None
 
     def tier_of(self, model: str) -> str:
-        """The tier label of a model that answered."""
-        return self.model_tiers.get(model, OTHER)
+        """The tier label of a model that answered (a fallback's, say)."""
+        tier = self.policy.tier_of(model) if self.policy is not None else None
+        return tier or OTHER
 
     def configure(self, policy: Policy) -> None:
         """Adopt a (re)loaded policy: its prices and the label values it allows."""
@@ -67,7 +67,7 @@ class Books:
         models |= {r.model for r in policy.rules if r.model}
         self.requested_models = frozenset(models)
         self.tier_models = {name: tier.model for name, tier in config.tiers.items()}
-        self.model_tiers = {tier.model: name for name, tier in config.tiers.items()}
+        self.policy = policy
         self.metrics.configure(
             models,
             [r.name for r in policy.rules],

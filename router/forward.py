@@ -255,8 +255,9 @@ async def forward(
     tried: str | None = None
     for model in call.models:
         if model is not None and not breakers.allows(model):
+            tried = tried or model  # skipped with its circuit open: what we fall back from
             continue
-        if tried is not None and model is not None:
+        if tried is not None and model is not None and tried != model:
             outcome.fallbacks.append((tried, model))
         tried = model
         try:
@@ -268,6 +269,11 @@ async def forward(
                 last.response.close()
             last = failed
             continue
+        finally:
+            if model is not None:
+                breakers.settle(model)
+        if last is not None and last.response is not None:
+            last.response.close()
         extra = call.extra_headers(model)
         if outcome.fallbacks:
             extra.append(("x-router-fallback", "->".join(
@@ -340,6 +346,18 @@ async def _attempts(
             )
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
             raise _failure(exc, breakers, model, outcome) from exc
+        try:
+            return await answered(response)
+        except _Failed:
+            raise  # it carries the response on, for a relay if no attempt does better
+        except BaseException:
+            # Cancelled (the client left) or broken: drop the connection so the upstream stops.
+            response.close()
+            raise
+
+    async def answered(response: aiohttp.ClientResponse
+                       ) -> tuple[aiohttp.ClientResponse, bytes | None]:
+        """Check an answer: an error worth retrying raises; a good one is read far enough."""
         if response.status >= 400:
             error_body = await _read_error(response)
             if should_retry(response.status, response.headers, error_body):
@@ -347,6 +365,8 @@ async def _attempts(
                     _count_failure(breakers, model, outcome)
                 reason = error_type_of_event(error_body) if error_body else str(response.status)
                 raise _Failed(reason, retry_after(response.headers), response=response)
+            if model is not None and response.status < 500:
+                breakers.succeeded(model)  # the model answered; the fault is the request's
             return response, None
         first = None
         if not _is_stream(response):

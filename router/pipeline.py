@@ -216,8 +216,9 @@ async def proxy(
         if endpoint is not Endpoint.MODELS:
             limit = policy.config.server.max_body_bytes
             declared = headers.get("content-length", "")
-            held = min(int(declared), limit) if declared.isdigit() else 0
-            state.gate.reserve(held)
+            expected = min(int(declared), limit) if declared.isdigit() else 0
+            state.gate.reserve(expected)
+            held = expected
             body = await read_body(receive, declared or None, limit)
             state.gate.reserve(len(body) - held)
             held = len(body)
@@ -227,8 +228,6 @@ async def proxy(
             estimate = await estimate_tokens(state.counter, parsed, state.background)
             routed = route(parsed, estimate, policy, state.learner, state.memory)
             decision = routed.decision
-            if routed.conversation is not None:
-                state.memory.remember(routed.conversation, decision.model)
             # count_tokens answers for one model: falling back would count for another.
             fallbacks = decision.fallbacks if endpoint is Endpoint.MESSAGES else ()
             models = (decision.model, *fallbacks)
@@ -245,6 +244,10 @@ async def proxy(
         await _forward_watching_client(state, policy, call, receive, exchange, outcome,
                                        request_id)
         status = outcome.status
+        if routed is not None and routed.conversation is not None and status == 200 \
+                and endpoint is Endpoint.MESSAGES and outcome.model is not None:
+            # The model that answered signed any thinking in it, fallback or not.
+            state.memory.remember(routed.conversation, outcome.model)
     except ClientGone:
         status = 499
         error_type = "client_disconnected"

@@ -111,6 +111,13 @@ class Breakers:
         """Record a good answer: the circuit closes."""
         self._circuits.pop(model, None)
 
+    def settle(self, model: str) -> None:
+        """Free the probe slot if a request that took it ended neither well nor badly (the
+        client left, a 4xx of its own, a retry-after not waited for): the next one probes."""
+        circuit = self._circuits.get(model)
+        if circuit is not None:
+            circuit.probing = False
+
     def failed(self, model: str) -> bool:
         """Record a failed attempt; return True if this opened the circuit."""
         circuit = self._circuits.setdefault(model, _Circuit())

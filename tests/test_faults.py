@@ -398,3 +398,49 @@ def test_many_clients_through_random_faults(fake: FakeUpstream, start_proxy: Any
         return acquired == 0 and proxy.call(tasks_now()) <= baseline
 
     assert wait_for(no_leaks, 5), "tasks or upstream connections leaked"
+
+
+def test_probe_answered_with_a_client_error_closes_the_circuit(fake: FakeUpstream,
+                                                               start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, attempts=1, failures=1, cooldown=0.5))
+    fake.script(Fail(500, "api_error"))
+    assert post(url, body())[1]["x-router-model"] == "claude-sonnet-4-6"  # opened, fell back
+    time.sleep(0.6)
+    fake.clear()
+    fake.script(Fail(400, "invalid_request_error"))
+    assert post(url, body())[0] == 400  # the probe: the model answered, the request was bad
+    fake.clear()
+    assert post(url, body())[0] == 200
+    assert models_received(fake) == ["claude-haiku-4-5"]  # not stuck open
+
+
+def test_skipping_an_open_circuit_is_reported_as_a_fallback(fake: FakeUpstream,
+                                                            start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, attempts=1, failures=1, cooldown=30))
+    fake.script(Fail(500, "api_error"))
+    post(url, body())
+    fake.clear()
+    status, headers, _ = post(url, body())
+    assert status == 200
+    assert models_received(fake) == ["claude-sonnet-4-6"]
+    assert headers["x-router-fallback"] == "claude-haiku-4-5->claude-sonnet-4-6"
+
+
+def test_conversation_memory_keeps_the_model_that_answered(fake: FakeUpstream,
+                                                           start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, "default: opus\n"))
+    first_turn = [{"role": "user", "content": "Think, then answer: 2+2?"}]
+    fake.script(*[Fail(529, "overloaded_error")] * 3, Reply(text="4", thinking="sum"))
+    client = anthropic.Anthropic(base_url=url, api_key=API_KEY, max_retries=0)
+    session = {"x-claude-code-session-id": "s-fallback"}
+    raw = client.messages.with_raw_response.create(
+        model="claude-opus-4-7", max_tokens=2048, messages=first_turn,
+        thinking={"type": "enabled", "budget_tokens": 1024}, extra_headers=session)
+    assert raw.headers["x-router-model"] == "claude-sonnet-4-6"  # opus overloaded: fallback
+    second = [*first_turn, {"role": "assistant", "content": raw.parse().model_dump()["content"]},
+              {"role": "user", "content": "And 3+3?"}]
+    client.messages.create(model="claude-opus-4-7", max_tokens=2048, messages=second,
+                           thinking={"type": "enabled", "budget_tokens": 1024},
+                           extra_headers=session)
+    # Sonnet signed the thinking block: the next turn goes back to Sonnet, not Opus.
+    assert models_received(fake)[-1] == "claude-sonnet-4-6"
