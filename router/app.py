@@ -210,7 +210,6 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
             books=books,
             breakers=Breakers(config.upstream.breaker),
             gate=Gate(config.server.max_in_flight, config.server.max_buffered_bytes),
-            config_path=config_path,
         )
         app.state.router = state
 

@@ -5,7 +5,6 @@ The tree, and what each becomes on the wire::
     RouterError                     500 api_error
     ├── InvalidRequest              400 invalid_request_error
     ├── AuthenticationFailed        401 authentication_error
-    ├── NotFound                    404 not_found_error
     ├── MethodNotAllowed            405 invalid_request_error
     ├── RequestTooLarge             413 request_too_large
     ├── Overloaded                  529 overloaded_error
@@ -59,13 +58,6 @@ class AuthenticationFailed(RouterError):
 
     status_code = 401
     error_type = "authentication_error"
-
-
-class NotFound(RouterError):
-    """No such endpoint."""
-
-    status_code = 404
-    error_type = "not_found_error"
 
 
 class MethodNotAllowed(RouterError):

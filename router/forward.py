@@ -375,8 +375,7 @@ async def _attempts(
                 await response.read()  # kept by aiohttp for the relay
             except (TimeoutError, aiohttp.ClientError) as exc:
                 response.close()
-                error = (UpstreamTimeout if isinstance(exc, TimeoutError)
-                         else UpstreamUnavailable)("upstream broke off its answer")
+                error = _broken(exc, "upstream broke off its answer")
                 raise _failure(error, breakers, model, outcome) from exc
         else:
             # A stream that breaks before its first event is retried like a refused connection.
@@ -449,6 +448,12 @@ class _StopWhen(stop_base):
         return self.predicate(retry_state)
 
 
+def _broken(exc: BaseException, message: str) -> UpstreamTimeout | UpstreamUnavailable:
+    """The proxy's error for an answer that stopped: a timeout, or a lost connection."""
+    return UpstreamTimeout(message) if isinstance(exc, TimeoutError) else UpstreamUnavailable(
+        message)
+
+
 def _smallest(*limits: float | None) -> float | None:
     """The tightest of some optional limits (None: no limit)."""
     given = [x for x in limits if x is not None]
@@ -505,8 +510,7 @@ async def relay(
         try:
             body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            kind = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamUnavailable
-            raise kind("upstream broke off its answer") from exc
+            raise _broken(exc, "upstream broke off its answer") from exc
         outcome.first_byte_seconds = time.perf_counter() - started
         outcome.upstream_seconds = outcome.first_token_seconds = outcome.first_byte_seconds
         if response.status == 200:
@@ -542,8 +546,7 @@ async def _first_chunk(response: aiohttp.ClientResponse, deadline: float | None)
         async with asyncio.timeout_at(_loop_deadline(deadline)):
             chunk: bytes = await response.content.readany()
     except (TimeoutError, aiohttp.ClientError) as exc:
-        kind = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamUnavailable
-        raise kind("upstream broke off before its first event") from exc
+        raise _broken(exc, "upstream broke off before its first event") from exc
     if not chunk:
         raise UpstreamUnavailable("upstream ended the stream before its first event")
     return chunk

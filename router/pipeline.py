@@ -58,8 +58,6 @@ class RouterState:
     gate: Gate
     background: set[asyncio.Future[None]] = field(default_factory=set)
     """Exact token counts running in threads (kept referenced until done)."""
-    config_path: str | None = None
-    """The file to reload from; None for the embedded default."""
 
     @property
     def metrics(self) -> Metrics:
@@ -161,15 +159,6 @@ def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
         "estimate": dataclasses.asdict(routed.estimate),
         "config": {"source": policy.loaded.source, "sha256": policy.loaded.sha256},
     }
-
-
-def router_headers(decision: Decision) -> list[tuple[str, str]]:
-    """Return the ``x-router-*`` headers every routed response carries."""
-    return [
-        ("x-router-model", decision.model),
-        ("x-router-tier", decision.tier or "other"),
-        ("x-router-rule", decision.rule),
-    ]
 
 
 @dataclass
@@ -300,15 +289,14 @@ def _path_qs(scope: dict[str, Any]) -> str:
 
 def _extra_headers(decision: Decision | None, policy: Policy
                    ) -> Callable[[str | None], list[tuple[str, str]]]:
-    """Return a function giving the x-router-* headers for an answer from a given model."""
+    """Return a function giving the ``x-router-*`` headers every routed answer carries, for an
+    answer from a given model (the decision's, or a fallback's)."""
     if decision is None:
         return lambda model: []
 
     def headers(model: str | None) -> list[tuple[str, str]]:
-        if model is None or model == decision.model:
-            return router_headers(decision)
-        tier = policy.tier_of(model)
-        return [("x-router-model", model), ("x-router-tier", tier or "other"),
+        tier = decision.tier if model is None or model == decision.model else policy.tier_of(model)
+        return [("x-router-model", model or decision.model), ("x-router-tier", tier or "other"),
                 ("x-router-rule", decision.rule)]
 
     return headers

@@ -129,13 +129,6 @@ class Breakers:
             return True
         return False
 
-    def state(self, model: str) -> str:
-        """``closed``, ``open`` or ``half_open``, for metrics and logs."""
-        circuit = self._circuits.get(model)
-        if circuit is None or circuit.opened_at is None:
-            return "closed"
-        return "half_open" if circuit.probing or self.retry_in(model) == 0 else "open"
-
 
 class Gate:
     """Admission control: bounded requests and request-body bytes in flight, per worker.

@@ -312,11 +312,6 @@ class Policy:
         """The decoded config."""
         return self.loaded.config
 
-    @property
-    def guards(self) -> tuple[Rule, ...]:
-        """The rules that only bound the tier."""
-        return tuple(r for r in self.rules if not r.routes)
-
 
 def load_policy(path: str | None = None) -> Policy:
     """Load a config file (or the embedded default) and compile its rules.

@@ -10,13 +10,12 @@ from router.wire import Usage, error_type_of_event, usage_of_event
 class StreamUsage:
     """Reads usage and errors from an SSE byte stream as it passes, without altering it."""
 
-    __slots__ = ("_buffer", "error_type", "events", "first_content_at", "usage")
+    __slots__ = ("_buffer", "error_type", "first_content_at", "usage")
 
     def __init__(self) -> None:
         self._buffer = b""
         self.usage = Usage()
         self.error_type: str | None = None
-        self.events = 0
         self.first_content_at: float | None = None
         """``perf_counter()`` when the first content delta passed: time to first token."""
 
@@ -34,7 +33,6 @@ class StreamUsage:
     def _event(self, block: bytes) -> None:
         if not block.startswith(b"event:"):
             return
-        self.events += 1
         if self.first_content_at is None and block.startswith(b"event: content_block_delta"):
             self.first_content_at = time.perf_counter()
         # Only three events matter here; the many content deltas are skipped at a glance.
