@@ -325,7 +325,10 @@ def test_client_disconnect_cancels_upstream_and_still_accounts(fake: FakeUpstrea
 def test_many_clients_through_random_faults(fake: FakeUpstream, start_proxy: Any) -> None:
     """Every request ends in a complete answer or one well-formed error; attempts match the
     policy; usage accounted equals usage billed; no task or connection leaks."""
-    url = start_proxy(policy=tuned(fake.url, first_byte=0.5, idle=0.5, total_s=5))
+    # Timeouts well above what a loaded CI machine needs: a request the proxy timed out while
+    # the fake went on to answer (and bill) could not be accounted exactly; timeouts have their
+    # own tests above.
+    url = start_proxy(policy=tuned(fake.url, first_byte=4, idle=4, total_s=8))
     proxy = RUNNING[url]
     rng = random.Random(7)
     faults: list[Any] = [
@@ -361,7 +364,7 @@ def test_many_clients_through_random_faults(fake: FakeUpstream, start_proxy: Any
 
     results = asyncio.run(run())
     for status, data, seconds, stream in results:
-        assert seconds < 8, "every request ends within its deadline"
+        assert seconds < 9, "every request ends within its deadline"
         if status == 200 and stream:
             events = [e for e in data.split(b"\n\n") if e.strip()]
             last = events[-1]
