@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -137,12 +138,20 @@ def test_workers_sum_their_metrics_in_a_private_directory(fake: FakeUpstream, tm
         assert wait_for(lambda: _ready(url), 30), "server did not start"
         dirs = list(base.iterdir())
         assert len(dirs) == 1 and dirs[0].name.startswith("router-metrics-")
-        n = 40
-        for _ in range(n):  # new connections spread over both workers
-            post(url, json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8,
-                                  "messages": PROMPT}).encode())
-        pids = {f.stem.rsplit("_", 1)[1] for f in dirs[0].glob("counter_*.db")}
-        assert len(pids) == 2, "both workers should have served requests"
+        request = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8,
+                              "messages": PROMPT}).encode()
+
+        def pids() -> set[str]:
+            return {f.stem.rsplit("_", 1)[1] for f in dirs[0].glob("counter_*.db")}
+
+        # The kernel spreads connections over the workers as it likes: send batches of
+        # concurrent requests (new connections) until both have served some.
+        n = 0
+        with ThreadPoolExecutor(8) as pool:
+            while len(pids()) < 2 and n < 800:
+                list(pool.map(lambda _: post(url, request), range(40)))
+                n += 40
+        assert len(pids()) == 2, "both workers should have served requests"
         # Whichever worker answers the scrape, it reports the sum over both.
         for _ in range(4):
             assert total(scrape(url), "router_requests_total") == n
