@@ -512,13 +512,7 @@ class TokenCounter:
                 tally.add(name)
             tally.add(_json_text(block.get("input", {})))
         elif kind == "tool_result":
-            content = block.get("content")
-            if isinstance(content, str):
-                tally.add(content)
-            elif isinstance(content, list):
-                for inner in content:
-                    if isinstance(inner, dict):
-                        self._block(inner, tally)
+            self._content(block.get("content"), tally)
         elif kind == "thinking":
             # Counted although the API drops older turns' thinking for some models: erring high
             # keeps context-window rules safe, and the learned factor absorbs the bias.
@@ -531,6 +525,15 @@ class TokenCounter:
                 tally.sums[tally.part] += approximate_tokens(data)
         else:
             tally.add(_json_text(block))
+
+    def _content(self, content: Any, tally: _Tally) -> None:
+        """A nested ``content``: a string, or a list of blocks (tool results, documents)."""
+        if isinstance(content, str):
+            tally.add(content)
+        elif isinstance(content, list):
+            for inner in content:
+                if isinstance(inner, dict):
+                    self._block(inner, tally)
 
     def _document(self, block: Block, tally: _Tally) -> None:
         for key in ("title", "context"):
@@ -545,13 +548,7 @@ class TokenCounter:
         if kind == "text" and isinstance(data, str):
             tally.add(data)
         elif kind == "content":
-            inner = source.get("content")
-            if isinstance(inner, str):
-                tally.add(inner)
-            elif isinstance(inner, list):
-                for item in inner:
-                    if isinstance(item, dict):
-                        self._block(item, tally)
+            self._content(source.get("content"), tally)
         elif kind == "base64" and isinstance(data, str):
             tally.sums[_DOCUMENTS] += PDF_TOKENS_PER_PAGE * self._pdf_pages(data)
         else:
