@@ -12,13 +12,13 @@ import logging
 import statistics
 import time
 
-from router.account import Books, Record, account
+from router.accounting.account import Books, Record, account
+from router.accounting.metrics import Metrics
 from router.config import default_config_text
-from router.decide import Decision
-from router.forward import Outcome
-from router.metrics import Metrics
-from router.rules import parse_policy
-from router.tokens import FactorLearner
+from router.routing.decide import Decision
+from router.routing.rules import parse_policy
+from router.routing.tokens import FactorLearner
+from router.upstream.forward import Outcome
 from router.wire import CacheCreation, Usage
 
 

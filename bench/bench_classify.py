@@ -28,10 +28,11 @@ import msgspec
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from router.classify import Features, classify  # noqa: E402
 from router.parse import Parsed, parse_messages  # noqa: E402
 from router.pipeline import DEFER_CHARS  # noqa: E402
-from router.tokens import TokenCounter, find_encoding  # noqa: E402
+from router.routing.classify import classify  # noqa: E402
+from router.routing.features import Features  # noqa: E402
+from router.routing.tokens import TokenCounter, find_encoding  # noqa: E402
 
 SIZES = (1_000, 8_000, 32_000, 128_000, 200_000)
 
@@ -111,8 +112,8 @@ def _router() -> Callable[[Features], object]:
         import yaml
 
         from router.config import default_config_text
-        from router.decide import decide
-        from router.rules import parse_policy
+        from router.routing.decide import decide
+        from router.routing.rules import parse_policy
 
         data = yaml.safe_load(default_config_text())
         proposed = yaml.safe_load((REPO / "bench" / "proposed_rules.yaml").read_text("utf-8"))

@@ -9,7 +9,7 @@ row's ``request`` goes through the real pipeline stages: ``parse_messages`` ->
 ``TokenCounter.estimate`` -> ``classify`` -> ``decide``. The row's ``id``, ``tier`` and ``why`` are
 read only to score the result, never shown to the classifier.
 
-When ``router.decide`` has no ``decide(features, config)`` yet, the rules in
+When ``router.routing.decide`` has no ``decide(features, config)`` yet, the rules in
 ``bench/proposed_rules.yaml`` are evaluated by a small local interpreter of the same syntax.
 Metrics follow the set's README: agreement, confusion matrix, under-/over-routing, severe
 under-routing (haiku for an opus label), and cost relative to always-Opus, request-weighted and
@@ -32,11 +32,12 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from router import decide as decide_module  # noqa: E402
-from router.classify import Features, classify  # noqa: E402
 from router.config import Config, default_config_text, parse_config  # noqa: E402
 from router.parse import parse_messages  # noqa: E402
-from router.tokens import TokenCounter  # noqa: E402
+from router.routing import decide as decide_module  # noqa: E402
+from router.routing.classify import classify  # noqa: E402
+from router.routing.features import Features  # noqa: E402
+from router.routing.tokens import TokenCounter  # noqa: E402
 
 DEFAULT_SET = REPO.parent / "shared" / "routing-eval" / "dev.jsonl"
 PROPOSED_RULES = REPO / "bench" / "proposed_rules.yaml"
@@ -141,7 +142,7 @@ def engine_router(text: str, source: str) -> Router | None:
     """Return a router backed by the real rules engine, or None while it does not exist yet."""
     decide = getattr(decide_module, "decide", None)
     try:
-        from router.rules import parse_policy
+        from router.routing.rules import parse_policy
     except ImportError:
         return None
     if decide is None:
@@ -160,7 +161,7 @@ def engine_router(text: str, source: str) -> Router | None:
 
 def requested_tier(config: Config, model: str) -> str:
     """Tier of the requested model, via the config's member globs."""
-    tier = decide_module.tier_of_model(config, model)
+    tier = config.tier_of_model(model)
     return tier if tier else "other"
 
 
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     text, rules_label = policy_text(args.config, Path(args.rules) if args.rules else None)
     loaded = parse_config(text, args.config or "<embedded default>")
     route = engine_router(text, loaded.source)
-    engine = "router.decide.decide" if route else "local interpreter (no rules engine yet)"
+    engine = "router.routing.decide.decide" if route else "local interpreter (no rules engine yet)"
     if route is None:
         route = local_router(text)
     report = evaluate(Path(args.path), loaded.config, route, TokenCounter.load())

@@ -42,7 +42,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.config import default_config_text
-from router.fake_upstream import (
+from router.fake.upstream import (
     Behaviour,
     Drop,
     Fail,
@@ -228,7 +228,8 @@ def total(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str,
 
 
 def billed_tokens(billed: list[dict[str, Any]]) -> dict[str, int]:
-    """The fake's billed usage summed the way the proxy splits it (see router.cost.tokens_of)."""
+    """The fake's billed usage summed the way the proxy splits it (see
+    router.accounting.cost.tokens_of)."""
     sums = dict.fromkeys(TOKEN_TYPES, 0)
     for usage in billed:
         written = usage.get("cache_creation_input_tokens") or 0

@@ -14,18 +14,18 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
-from router.account import Books
+from router.accounting.account import Books
+from router.accounting.metrics import Metrics
 from router.config import resolve_config_path
 from router.errors import RouterError, error_body, new_request_id
-from router.forward import Upstream
-from router.metrics import Metrics
 from router.parse import header_map
 from router.pipeline import Endpoint, RouterState, explain, proxy
 from router.reload import watching
-from router.resilience import Breakers, Gate
-from router.rules import Policy, load_policy
-from router.sessions import ConversationMemory
-from router.tokens import FactorLearner, TokenCounter
+from router.routing.conversations import ConversationMemory
+from router.routing.rules import Policy, load_policy
+from router.routing.tokens import FactorLearner, TokenCounter
+from router.upstream.forward import Upstream
+from router.upstream.resilience import Breakers, Gate
 
 _ERROR_TYPES = {
     400: "invalid_request_error",

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from router.config import ConfigError, config_as_dict, resolve_config_path
-from router.rules import Policy, load_policy
+from router.routing.rules import Policy, load_policy
 
 CONFIG_HELP = (
     "Config file [default: $ROUTER_CONFIG, else ./router.yaml, else the embedded default]."
@@ -61,9 +61,13 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
     """
     import uvicorn
 
+    from router.accounting.metrics import (
+        MULTIPROC_ENV,
+        fresh_multiprocess_dir,
+        remove_multiprocess_dir,
+    )
     from router.app import create_app
     from router.logs import configure_logging
-    from router.metrics import MULTIPROC_ENV, fresh_multiprocess_dir, remove_multiprocess_dir
 
     path = resolve_config_path(config_path)
     policy = _load_or_exit(path)
@@ -148,8 +152,8 @@ def explain(request_file: Any, config_path: str | None, headers: tuple[str, ...]
     from router.errors import RouterError
     from router.parse import parse_messages
     from router.pipeline import explanation, route
-    from router.sessions import ConversationMemory
-    from router.tokens import FactorLearner, TokenCounter
+    from router.routing.conversations import ConversationMemory
+    from router.routing.tokens import FactorLearner, TokenCounter
 
     policy = _load_or_exit(resolve_config_path(config_path))
     header_map = {}

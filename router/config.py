@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -209,6 +210,21 @@ class Config(_Section, frozen=True, kw_only=True):
     def tier_model(self, tier: Tier) -> str:
         """Return the model id a tier sends to."""
         return self.tiers[tier].model
+
+    def tier_of_model(self, model: str) -> Tier | None:
+        """Return the tier a model id belongs to: a tier's own model, a member glob, or a tier
+        name; None when it belongs to none."""
+        for tier in TIERS:
+            if model == tier or self.tiers[tier].model == model:
+                return tier
+        for tier in TIERS:
+            if any(fnmatchcase(model, glob) for glob in self.tiers[tier].members):
+                return tier
+        return None
+
+    def resolve_model(self, requested: str) -> str:
+        """Return the model id for a requested name: a tier name maps to its model."""
+        return self.tiers[requested].model if requested in self.tiers else requested
 
     def timeouts(self, tier: Tier | None) -> TimeoutsConfig:
         """Return the timeouts of a tier: its own settings over ``upstream.timeouts``."""

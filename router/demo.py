@@ -21,8 +21,8 @@ import uvicorn
 
 from router.app import create_app
 from router.config import LoadedConfig
-from router.fake_upstream import Fail, FakeUpstream, Reply, StreamError, running_fake
-from router.rules import Policy
+from router.fake.upstream import Fail, FakeUpstream, Reply, StreamError, running_fake
+from router.routing.rules import Policy
 
 DEMO_KEY = "sk-ant-demo-not-a-real-key"
 

@@ -15,18 +15,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from router.account import Books, Record, account
+from router.accounting.account import Books, Record, account
+from router.accounting.metrics import Metrics
 from router.body import ClientGone, Receive, read_body
-from router.classify import Features, classify
-from router.decide import Decision, decide, resolve_model
 from router.errors import MethodNotAllowed, RouterError, error_body, new_request_id
-from router.forward import Call, Outcome, Send, Upstream, forward, upstream_headers
-from router.metrics import Metrics
 from router.parse import Parsed, header_map, parse_count_tokens, parse_messages, require_api_key
-from router.resilience import Breakers, Gate
-from router.rules import Policy
-from router.sessions import ConversationMemory, conversation_key
-from router.tokens import FactorLearner, TokenCounter, TokenEstimate
+from router.routing.classify import classify
+from router.routing.conversations import ConversationMemory, conversation_key
+from router.routing.decide import Decision, decide
+from router.routing.features import Features
+from router.routing.rules import Policy
+from router.routing.tokens import FactorLearner, TokenCounter, TokenEstimate
+from router.upstream.forward import Call, Outcome, Send, Upstream, forward, upstream_headers
+from router.upstream.resilience import Breakers, Gate
 
 
 class Endpoint(Enum):
@@ -112,7 +113,7 @@ def route(
 ) -> Routed:
     """Stages 2-3: classify the request and decide its model. No I/O; reads the memory only."""
     config = policy.config
-    requested = resolve_model(config, parsed.request.model)
+    requested = config.resolve_model(parsed.request.model)
     requested_tier = policy.tier_of(requested)
     prior = config.tiers[requested_tier].token_factor if requested_tier else 1.0
     features = classify(

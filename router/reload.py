@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from router.config import ConfigError
-from router.rules import Policy, load_policy
+from router.routing.rules import Policy, load_policy
 
 log = logging.getLogger("router.reload")
 

@@ -17,9 +17,9 @@ from litestar import Litestar
 
 from router.app import create_app
 from router.config import LoadedConfig, RetryConfig, default_config_text
-from router.fake_upstream import FakeUpstream, running_fake
+from router.fake.upstream import FakeUpstream, running_fake
 from router.pipeline import RouterState
-from router.rules import Policy, parse_policy
+from router.routing.rules import Policy, parse_policy
 
 API_KEY = "sk-ant-test-0123456789abcdef"
 T = TypeVar("T")

@@ -10,9 +10,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from router.classify import Features, classify, feature_docs, feature_names
 from router.parse import parse_count_tokens, parse_messages
-from router.tokens import TokenCounter
+from router.routing.classify import classify
+from router.routing.features import Features, feature_docs, feature_names
+from router.routing.tokens import TokenCounter
 
 AGENT_SYSTEM = (
     "You are an autonomous software engineering agent working in the user's repository through "

@@ -23,8 +23,8 @@ import anthropic
 import pytest
 import yaml
 
-from router.fake_upstream import Fail, FakeUpstream, Reply
-from router.rules import parse_policy
+from router.fake.upstream import Fail, FakeUpstream, Reply
+from router.routing.rules import parse_policy
 from tests.conftest import API_KEY, config_text
 from tests.prometheus import (
     api,
@@ -131,7 +131,7 @@ def test_provisioning_files_point_at_prometheus_and_the_dashboards() -> None:
 
 
 def test_every_exported_metric_is_on_the_dashboard_and_every_alert_has_docs() -> None:
-    from router.metrics import Metrics
+    from router.accounting.metrics import Metrics
 
     exported = {family.name for family in Metrics().registry.collect()}
     shown = set().union(*(metric_names(expr) for _, expr in dashboard_exprs()))

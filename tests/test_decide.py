@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from router.decide import decide
-from router.rules import Policy, parse_policy
+from router.routing.decide import decide
+from router.routing.rules import Policy, parse_policy
 from tests.conftest import config_text
 from tests.test_rules import features
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from click.testing import CliRunner
 from prometheus_client.metrics import MetricWrapperBase
 
-from router.classify import feature_names
+from router.accounting.metrics import Metrics
 from router.cli import cli
-from router.metrics import Metrics
+from router.routing.features import feature_names
 
 README = Path("README.md").read_text()
 

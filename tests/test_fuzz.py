@@ -40,8 +40,8 @@ from hypothesis import strategies as st
 
 from router.app import create_app
 from router.config import BreakerConfig
-from router.fake_upstream import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
-from router.rules import Policy
+from router.fake.upstream import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
+from router.routing.rules import Policy
 from tests.conftest import make_policy, with_section, without_retries
 
 API_KEY = "sk-ant-fuzz-7f3a9c1e5b2d4068aa"

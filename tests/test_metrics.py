@@ -16,7 +16,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from router.fake_upstream import Fail, FakeUpstream, Reply
+from router.fake.upstream import Fail, FakeUpstream, Reply
 from tests.conftest import API_KEY, config_text
 from tests.test_raw_http import post
 from tests.test_routing_e2e import _free_port, _ready, wait_for

@@ -15,7 +15,7 @@ from typing import Any
 
 import anthropic
 
-from router.fake_upstream import FakeUpstream, Reply
+from router.fake.upstream import FakeUpstream, Reply
 from tests.conftest import API_KEY, config_text
 from tests.test_raw_http import post
 
@@ -71,7 +71,7 @@ def test_rules_route_and_the_upstream_sees_it(fake: FakeUpstream, start_proxy: A
 def test_edited_file_changes_routing_and_a_broken_edit_does_not(
     fake: FakeUpstream, start_proxy: Any, tmp_path: Path
 ) -> None:
-    from router.rules import load_policy
+    from router.routing.rules import load_policy
 
     path = tmp_path / "router.yaml"
     write(path, RULES_V1, fake.url)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from router.classify import Features
 from router.cli import cli
 from router.config import ConfigError
-from router.rules import compile_condition, feature_kinds, parse_policy
+from router.routing.features import Features
+from router.routing.rules import compile_condition, feature_kinds, parse_policy
 from tests.conftest import config_text
 
 KINDS = feature_kinds(Features)

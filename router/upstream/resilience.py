@@ -1,8 +1,8 @@
 """What keeps answers coming when the upstream struggles: retry rules, circuit breakers and
 the admission gate (backpressure).
 
-Retries themselves run in :mod:`router.forward` with tenacity; this module decides *whether*
-and *how long*, from the answer's status and headers, so the rules are testable alone.
+Retries themselves run in :mod:`router.upstream.forward` with tenacity; this module decides
+*whether* and *how long*, from the answer's status and headers, so the rules are testable alone.
 """
 
 from __future__ import annotations

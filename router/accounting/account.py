@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from router.cost import PriceTable, Tokens, tokens_of
-from router.decide import Decision
-from router.forward import Outcome, usd_text
-from router.metrics import OTHER, Metrics
-from router.rules import Policy
-from router.tokens import FactorLearner
+from router.accounting.cost import PriceTable, Tokens, tokens_of
+from router.accounting.metrics import OTHER, Metrics
+from router.routing.decide import Decision
+from router.routing.rules import Policy
+from router.routing.tokens import FactorLearner
+from router.upstream.forward import Outcome, usd_text
 
 
 @dataclass(frozen=True, slots=True)

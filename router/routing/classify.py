@@ -16,163 +16,19 @@ Everything here is pure: no I/O, no clock, no state; regexes are compiled once a
 
 from __future__ import annotations
 
-import ast
-import inspect
-import itertools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from functools import cache
+from dataclasses import dataclass
 from typing import Any, Final
 
 from router.parse import Parsed
-from router.tokens import TokenEstimate
+from router.routing.features import (
+    COMPLEX_FROM,
+    SIMPLE_BELOW,
+    Features,
+)
+from router.routing.tokens import TokenEstimate
 from router.wire import Block, MessageParam, MessagesRequest
-
-COMPLEXITY_LEVELS: Final = ("simple", "moderate", "complex")
-SIMPLE_BELOW: Final = 30.0
-"""``complexity_score`` below this is ``simple``."""
-COMPLEX_FROM: Final = 60.0
-"""``complexity_score`` at or above this is ``complex``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Features:
-    """What routing rules can test about one request. All fields are plain values."""
-
-    # -- size --
-    input_tokens: int
-    """Estimated input tokens (system, tools, messages, images, documents), already scaled by the
-    model's token factor."""
-    max_tokens: int
-    """``max_tokens`` the client asked for (0 for count_tokens)."""
-    system_tokens: int
-    """Unscaled tokens of the system prompt alone."""
-
-    # -- complexity --
-    complexity_score: float
-    """0-100 judgement of how hard the task is; ``complexity`` buckets it (<30 simple,
-    >=60 complex)."""
-    complexity: str
-    """``simple``, ``moderate`` or ``complex``."""
-    hard_markers: int
-    """Kinds of specialist depth named in the task (formal methods, concurrency, distributed
-    consistency, security analysis, theory, advanced maths/science, algorithm bounds)."""
-    reasoning_markers: int
-    """Kinds of analysis asked for (design, trade-offs, diagnosis, planning, critique,
-    justification, performance, cross-cutting implications, refactoring)."""
-    simple_markers: int
-    """Kinds of mechanical work asked for (extract, classify, transform/format, translate a short
-    text, look up one fact, small talk)."""
-    proof: bool
-    """The task asks for a proof or a derivation."""
-    math: bool
-    """The task contains maths notation or vocabulary."""
-    brevity: bool
-    """The task asks for a short answer (one word/line, just the number, a few lines)."""
-    basics: bool
-    """The task is pitched at beginners (a junior, a student, simple terms): textbook level."""
-    steps: int
-    """Distinct asks in the instruction: questions, numbered or bulleted requests, imperative
-    sentences."""
-    code_lines: int
-    """Lines that look like code in the task text (sampled window)."""
-    data_lines: int
-    """Lines that look like pasted data (CSV, logs, JSON) in the task text (sampled window)."""
-    prose_words: int
-    """Words of instruction prose in the task text (code and data lines excluded)."""
-    task_chars: int
-    """Characters of the task message's text, in full."""
-    task_from_history: bool
-    """The latest user turn held only tool results, so the task is an earlier user turn."""
-    structured_output: bool
-    """The output is constrained: a JSON schema format, a forced tool choice or a prefill."""
-
-    # -- shape --
-    messages: int
-    """Number of messages."""
-    user_turns: int
-    """User messages with text (tool-result-only turns excluded)."""
-    last_turn: str
-    """What the last message is: ``text`` (user text), ``tool_result`` or ``prefill``
-    (assistant)."""
-    tools: int
-    """Number of tool definitions."""
-    tool_names: tuple[str, ...]
-    """Names of the defined tools (server tools by their ``name``)."""
-    tool_choice: str
-    """``tool_choice.type`` (``auto``, ``any``, ``tool``, ``none``) or empty."""
-    tool_calls: int
-    """``tool_use`` blocks in the whole conversation."""
-    tool_results: int
-    """``tool_result`` blocks in the latest user turn."""
-    tool_errors: int
-    """Latest tool results flagged ``is_error`` or that read like a failure."""
-    tool_result_chars: int
-    """Characters of text in the latest tool results."""
-    tool_loop_depth: int
-    """Consecutive trailing rounds of assistant ``tool_use`` answered by user ``tool_result``."""
-    images: int
-    """Image blocks anywhere in the request."""
-    documents: int
-    """Document blocks anywhere in the request."""
-    thinking: str
-    """``none``, ``enabled`` or ``adaptive``."""
-    thinking_budget: int
-    """``thinking.budget_tokens`` (0 when absent)."""
-    history_thinking: bool
-    """Earlier assistant turns carry ``thinking`` or ``redacted_thinking`` blocks."""
-    effort: str
-    """``output_config.effort`` (``low`` ... ``max``) or empty."""
-    stream: bool
-    """The client asked for SSE."""
-    requested_model: str
-    """The ``model`` the client asked for."""
-    requested_tier: str
-    """Tier of the requested model: ``haiku``, ``sonnet``, ``opus`` or ``other``."""
-
-    # -- who --
-    app: str
-    """The ``x-app`` header (e.g. ``cli`` for Claude Code)."""
-    user_agent: str
-    """The ``user-agent`` header."""
-    user_id: str
-    """``metadata.user_id``."""
-    session_id: str
-    """The ``x-claude-code-session-id`` header."""
-    api_key_alias: str
-    """Alias of the API key used (not resolved yet: always empty)."""
-
-
-def feature_names() -> tuple[str, ...]:
-    """Return the names of all :class:`Features` fields, in declaration order."""
-    return tuple(f.name for f in fields(Features))
-
-
-@cache
-def feature_docs() -> Mapping[str, str]:
-    """Return each :class:`Features` field's docstring, for ``router explain`` and rule checks.
-
-    Read from this module's source (attribute docstrings are not kept at runtime); empty when the
-    source is not available, e.g. in a zipped install.
-    """
-    try:
-        tree = ast.parse(inspect.getsource(Features))
-    except (OSError, TypeError, SyntaxError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
-
 
 # -- text sampling -------------------------------------------------------------------------------
 
@@ -1031,7 +887,7 @@ def classify(
 
     Args:
         parsed: The decoded request and its headers.
-        estimate: Raw token counts from :class:`router.tokens.TokenCounter`.
+        estimate: Raw token counts from :class:`router.routing.tokens.TokenCounter`.
         token_factor: Scale from raw counts to the target model's tokens (config or learned).
         requested_tier: Tier of the requested model (``haiku``/``sonnet``/``opus``/``other``).
 

@@ -41,7 +41,7 @@ import msgspec
 
 from router.wire import Block, CountTokensRequest, MessagesRequest
 
-log = logging.getLogger("router.tokens")
+log = logging.getLogger("router.routing.tokens")
 
 TIKTOKEN_FILE_ENV: Final = "ROUTER_TIKTOKEN_FILE"
 """Environment variable naming a ``.tiktoken`` file to use instead of the packaged one."""

@@ -14,11 +14,10 @@ Pure: no I/O, no clock. The order of precedence, highest first:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
-from typing import Any
 
 from router.config import TIERS, Config, Tier
-from router.rules import Policy, Rule
+from router.routing.features import Features
+from router.routing.rules import Policy, Rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,35 +48,19 @@ class Decision:
     """Models to try, in order, if ``model`` stays overloaded or unavailable."""
 
 
-def tier_of_model(config: Config, model: str) -> Tier | None:
-    """Return the tier a model id belongs to: a tier's own model, a member glob, or a tier name."""
-    for tier in TIERS:
-        if model == tier or config.tiers[tier].model == model:
-            return tier
-    for tier in TIERS:
-        if any(fnmatchcase(model, glob) for glob in config.tiers[tier].members):
-            return tier
-    return None
-
-
-def resolve_model(config: Config, requested: str) -> str:
-    """Return the model id for a requested name: a tier name maps to its model."""
-    return config.tiers[requested].model if requested in config.tiers else requested
-
-
 def decide(
-    features: Any, policy: Policy, *, sticky_model: str | None = None, explain: bool = False
+    features: Features, policy: Policy, *, sticky_model: str | None = None, explain: bool = False
 ) -> Decision:
     """Choose the model for a request.
 
     Args:
-        features: the request's :class:`router.classify.Features`.
+        features: the request's features.
         policy: the compiled rules and tiers.
         sticky_model: the model this conversation used last, from the session memory.
         explain: record every rule tried in ``Decision.trace``.
     """
     config = policy.config
-    requested = resolve_model(config, features.requested_model)
+    requested = config.resolve_model(features.requested_model)
     trace: list[Trace] = []
     winner: Rule | None = None
     bounds: list[Rule] = []
@@ -113,7 +96,7 @@ def decide(
     else:
         name, reason = winner.name, winner.description or _effect(winner)
         target = winner.tier or winner.model or requested
-    model = resolve_model(config, target)
+    model = config.resolve_model(target)
     tier = policy.tier_of(model)
     needed = features.input_tokens + features.max_tokens
     fallbacks: tuple[str, ...] = ()

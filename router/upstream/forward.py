@@ -3,7 +3,8 @@ allows, and relay the answer untouched.
 
 One pooled aiohttp session per worker (:class:`Upstream`), created in the app's lifespan. JSON
 answers come back byte for byte; SSE answers are relayed chunk by chunk as they arrive, never
-buffered or re-encoded, while :class:`router.sse.StreamUsage` reads the usage on the way past.
+buffered or re-encoded, while :class:`router.upstream.sse.StreamUsage` reads the usage on the
+way past.
 
 Retries and fallbacks happen only before the first byte of an answer reaches the client. After
 that, a failure ends the stream with an Anthropic-shaped ``error`` event: never half an answer
@@ -34,8 +35,8 @@ from yarl import URL
 from router.body import with_model
 from router.config import Config, Tier, UpstreamConfig
 from router.errors import Overloaded, UpstreamTimeout, UpstreamUnavailable, error_event
-from router.resilience import Breakers, backoff, retry_after, should_retry
-from router.sse import StreamUsage
+from router.upstream.resilience import Breakers, backoff, retry_after, should_retry
+from router.upstream.sse import StreamUsage
 from router.wire import Usage, error_type_of_event, usage_of_message
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]

@@ -1,7 +1,7 @@
 """Routing rules: the ``when`` conditions of ``router.yaml``, compiled once at load.
 
-A condition is a tree. Leaves test one feature of the request (:class:`router.classify.Features`)
-and inner nodes combine them::
+A condition is a tree. Leaves test one feature of the request
+(:class:`router.routing.features.Features`) and inner nodes combine them::
 
     when:
       complexity: simple               # equality (a string with * ? [ is a glob)
@@ -38,6 +38,7 @@ from router.config import (
     load_config,
     parse_config,
 )
+from router.routing.features import Features
 
 Kind = Literal["number", "string", "bool", "strings"]
 """How a feature's values compare: numbers order, strings glob, tuples of strings match any."""
@@ -295,14 +296,12 @@ class Policy:
     _tiers: dict[str, Tier | None] = field(default_factory=dict, compare=False, repr=False)
 
     def tier_of(self, model: str) -> Tier | None:
-        """The tier of a model id (memoised :func:`router.decide.tier_of_model`)."""
+        """The tier of a model id (memoised :meth:`router.config.Config.tier_of_model`)."""
         try:
             return self._tiers[model]
         except KeyError:
             pass
-        from router.decide import tier_of_model
-
-        tier = tier_of_model(self.config, model)
+        tier = self.config.tier_of_model(model)
         if len(self._tiers) < _TIER_MEMO_SIZE:
             self._tiers[model] = tier
         return tier
@@ -334,8 +333,6 @@ def compile_policy(loaded: LoadedConfig) -> Policy:
         ConfigError: a rule is malformed, names an unknown feature, model or tier, or can never
             match because an earlier rule always wins.
     """
-    from router.classify import Features
-
     kinds = feature_kinds(Features)
     config = loaded.config
     problems: list[str] = []

@@ -10,7 +10,7 @@ Three ways to run it:
 
 * ``await FakeUpstream().start()`` inside an event loop;
 * ``with running_fake() as fake:`` from synchronous tests (own thread and loop);
-* ``python -m router.fake_upstream --port 0`` for benchmarks and demos.
+* ``python -m router.fake.upstream --port 0`` for benchmarks and demos.
 """
 
 from __future__ import annotations
@@ -1417,7 +1417,7 @@ def main(argv: list[str] | None = None) -> None:
         argv: Command-line arguments; None reads ``sys.argv``.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m router.fake_upstream", description="Fake Anthropic Messages API."
+        prog="python -m router.fake.upstream", description="Fake Anthropic Messages API."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

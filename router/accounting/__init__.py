@@ -1,0 +1,1 @@
+"""Stage 5: price what the API reported and record it in metrics and logs."""

@@ -1,0 +1,2 @@
+"""Stage 4: forward to the Messages API, with retries, fallbacks and circuit breakers, and relay
+the answer byte for byte."""
