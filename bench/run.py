@@ -173,7 +173,7 @@ def main() -> None:
 
     python = sys.executable
     router = str(Path(python).with_name("router"))
-    with process([python, "-m", "router.fake.upstream", "--port", "0"]) as (_fake, line):
+    with process([python, "-m", "router.fake", "--port", "0"]) as (_fake, line):
         fake_url = line.split("listening on ", 1)[1].strip()
         port = free_port()
         with process([router, "serve", "--port", str(port), "--workers", str(args.workers),

@@ -42,7 +42,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.config import default_config_text
-from router.fake.upstream import (
+from router.fake import (
     Behaviour,
     Drop,
     Fail,

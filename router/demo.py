@@ -21,7 +21,7 @@ import uvicorn
 
 from router.app import create_app
 from router.config import LoadedConfig
-from router.fake.upstream import Fail, FakeUpstream, Reply, StreamError, running_fake
+from router.fake import Fail, FakeUpstream, Reply, StreamError, running_fake
 from router.routing.rules import Policy
 
 DEMO_KEY = "sk-ant-demo-not-a-real-key"

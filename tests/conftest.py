@@ -17,7 +17,7 @@ from litestar import Litestar
 
 from router.app import create_app
 from router.config import LoadedConfig, RetryConfig, default_config_text
-from router.fake.upstream import FakeUpstream, running_fake
+from router.fake import FakeUpstream, running_fake
 from router.pipeline import RouterState
 from router.routing.rules import Policy, parse_policy
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import anthropic
 import pytest
 
-from router.fake.upstream import FakeUpstream
+from router.fake import FakeUpstream
 from tests.conftest import API_KEY, make_policy, with_section
 from tests.test_raw_http import post
 

@@ -23,7 +23,7 @@ import anthropic
 import pytest
 import yaml
 
-from router.fake.upstream import Fail, FakeUpstream, Reply
+from router.fake import Fail, FakeUpstream, Reply
 from router.routing.rules import parse_policy
 from tests.conftest import API_KEY, config_text
 from tests.prometheus import (

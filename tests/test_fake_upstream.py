@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import anthropic
 import pytest
 
-from router.fake.upstream import (
+from router.fake import (
     Drop,
     Fail,
     FakeUpstream,
@@ -555,7 +555,7 @@ def test_events_are_flushed_one_by_one(fake: FakeUpstream) -> None:
 
 def test_module_main_prints_url_and_serves() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "router.fake.upstream", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "router.fake", "--host", "127.0.0.1", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

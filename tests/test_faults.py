@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from router.config import BreakerConfig, RetryConfig, TimeoutsConfig
-from router.fake.upstream import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
+from router.fake import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
 from router.routing.rules import Policy
 from tests.conftest import API_KEY, RUNNING, LoadedConfig, make_policy
 from tests.test_metrics import scrape, total

@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 
 from router.app import create_app
 from router.config import BreakerConfig
-from router.fake.upstream import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
+from router.fake import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
 from router.routing.rules import Policy
 from tests.conftest import make_policy, with_section, without_retries
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from router.fake.upstream import Drop, Fail, FakeUpstream, Reply, Stall
+from router.fake import Drop, Fail, FakeUpstream, Reply, Stall
 from tests.conftest import API_KEY, make_policy, without_retries
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 32,

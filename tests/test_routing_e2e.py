@@ -15,7 +15,7 @@ from typing import Any
 
 import anthropic
 
-from router.fake.upstream import FakeUpstream, Reply
+from router.fake import FakeUpstream, Reply
 from tests.conftest import API_KEY, config_text
 from tests.test_raw_http import post
 

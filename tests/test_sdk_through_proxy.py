@@ -8,7 +8,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from router.fake.upstream import Fail, FakeUpstream, Reply, StreamError
+from router.fake import Fail, FakeUpstream, Reply, StreamError
 from tests.conftest import API_KEY, make_policy
 
 PROMPT = [{"role": "user", "content": "Say hello."}]

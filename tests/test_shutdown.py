@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from router.fake.upstream import FakeUpstream, Reply
+from router.fake import FakeUpstream, Reply
 from tests.conftest import API_KEY, config_text
 from tests.test_routing_e2e import _free_port, _ready, wait_for
 
