@@ -19,7 +19,7 @@ Modules, one idea each:
 * ``signatures`` and ``history``: signed thinking and the rules a history must follow;
 * ``directives`` and ``replies``: building the answer; ``sse``: writing it as events;
 * ``ledger``: what was received, sent and billed; ``server``: the aiohttp app;
-  ``cli``: ``python -m router.fake``.
+  ``runner``: ``running_fake``, in a thread of its own; ``cli``: ``python -m router.fake``.
 
 Three ways to run it:
 
@@ -41,7 +41,8 @@ from router.fake.behaviours import (
 from router.fake.catalogue import CATALOGUE, ModelSpec, find_model
 from router.fake.cli import main
 from router.fake.prompt import estimate_input_tokens
-from router.fake.server import FakeUpstream, running_fake
+from router.fake.runner import running_fake
+from router.fake.server import FakeUpstream
 
 __all__ = [
     "CATALOGUE",

@@ -12,6 +12,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from router.fake.errors import invalid_request
+
 __all__ = [
     "CATALOGUE",
     "CONTEXT_1M_BETA",
@@ -20,6 +22,7 @@ __all__ = [
     "ModelSpec",
     "find_model",
     "model_info",
+    "models_page",
 ]
 
 # The beta that lifts Sonnet 4.5 to a 1M-token context window (spec §6.2).
@@ -176,4 +179,47 @@ def model_info(spec: ModelSpec) -> dict[str, Any]:
                 "types": {kind: flag(kind in spec.thinking) for kind in THINKING_TYPES},
             },
         },
+    }
+
+
+def models_page(
+    limit: int, after_id: str | None, before_id: str | None, lifecycles: Collection[str]
+) -> dict[str, Any]:
+    """Returns one page of ``GET /v1/models``, newest first.
+
+    Args:
+        limit: Page size, 1 to 1000.
+        after_id: Start after this id (paging forwards).
+        before_id: End before this id (paging backwards).
+        lifecycles: Lifecycles to list; empty lists active and deprecated models, as the API.
+
+    Raises:
+        Invalid: A limit out of range, both cursors, or a cursor that is not listed.
+    """
+    if not 1 <= limit <= 1000:
+        raise invalid_request(
+            "limit: Input should be greater than or equal to 1 and less than or equal to 1000"
+        )
+    wanted = lifecycles or {"active", "deprecated"}
+    models = [spec for spec in CATALOGUE if spec.lifecycle in wanted]
+    ids = [spec.id for spec in models]
+    if after_id is not None and before_id is not None:
+        raise invalid_request("Only one of after_id and before_id may be given")
+    for name, cursor in (("after_id", after_id), ("before_id", before_id)):
+        if cursor is not None and cursor not in ids:
+            raise invalid_request(f"{name}: invalid cursor {cursor!r}")
+    if before_id is not None:
+        end = ids.index(before_id)
+        start = max(0, end - limit)
+        has_more = start > 0
+    else:
+        start = ids.index(after_id) + 1 if after_id is not None else 0
+        end = min(len(models), start + limit)
+        has_more = end < len(models)
+    page = models[start:end]
+    return {
+        "data": [model_info(spec) for spec in page],
+        "has_more": has_more,
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
     }

@@ -11,13 +11,12 @@ tests and scripts, which need no key and are not recorded:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -38,7 +37,7 @@ from router.fake.behaviours import (
     StreamError,
 )
 from router.fake.cache import Clock, PromptCache
-from router.fake.catalogue import CATALOGUE, find_model, model_info
+from router.fake.catalogue import find_model, model_info, models_page
 from router.fake.checks import (
     check_body,
     check_capabilities,
@@ -55,7 +54,7 @@ from router.fake.replies import build_answer
 from router.fake.signatures import Signer
 from router.fake.sse import answer_events, reset, write_stream
 
-__all__ = ["FakeUpstream", "running_fake"]
+__all__ = ["FakeUpstream"]
 
 # The real API refuses bodies over 32 MB with a 413 (spec §1.1).
 _MAX_BODY = 32 * 1024 * 1024
@@ -422,36 +421,9 @@ class FakeUpstream:
             limit = int(query.get("limit", "20"))
         except ValueError:
             raise invalid_request("limit: Input should be a valid integer") from None
-        if not 1 <= limit <= 1000:
-            raise invalid_request(
-                "limit: Input should be greater than or equal to 1 and less than or equal to 1000"
-            )
-        wanted = set(query.getall("lifecycle[]", [])) | set(query.getall("lifecycle", []))
-        # Without a filter the API lists active and deprecated models, not retired ones.
-        wanted = wanted or {"active", "deprecated"}
-        models = [spec for spec in CATALOGUE if spec.lifecycle in wanted]
-        ids = [spec.id for spec in models]
-        after_id, before_id = query.get("after_id"), query.get("before_id")
-        if after_id is not None and before_id is not None:
-            raise invalid_request("Only one of after_id and before_id may be given")
-        for name, cursor in (("after_id", after_id), ("before_id", before_id)):
-            if cursor is not None and cursor not in ids:
-                raise invalid_request(f"{name}: invalid cursor {cursor!r}")
-        if before_id is not None:
-            end = ids.index(before_id)
-            start = max(0, end - limit)
-            has_more = start > 0
-        else:
-            start = ids.index(after_id) + 1 if after_id is not None else 0
-            end = min(len(models), start + limit)
-            has_more = end < len(models)
-        page = models[start:end]
-        return self._json({
-            "data": [model_info(spec) for spec in page],
-            "has_more": has_more,
-            "first_id": page[0].id if page else None,
-            "last_id": page[-1].id if page else None,
-        })
+        lifecycles = set(query.getall("lifecycle[]", [])) | set(query.getall("lifecycle", []))
+        return self._json(models_page(limit, query.get("after_id"), query.get("before_id"),
+                                      lifecycles))
 
     def _get_model(self, request: web.Request, model_id: str) -> web.Response:
         check_credentials(request.headers, self._api_keys)
@@ -459,49 +431,3 @@ class FakeUpstream:
         if spec is None:
             raise Invalid(404, "not_found_error", f"model: {model_id}")
         return self._json(model_info(spec))
-
-
-@contextlib.contextmanager
-def running_fake(**kwargs: Any) -> Iterator[FakeUpstream]:
-    """Runs a FakeUpstream in a background thread with its own event loop.
-
-    For synchronous tests; ``script()``, ``received`` and ``billed`` are thread-safe.
-
-    Args:
-        **kwargs: Passed to :class:`FakeUpstream`; ``host`` and ``port`` go to ``start()``.
-
-    Yields:
-        The started fake; it is stopped and its thread joined on exit.
-    """
-    host = kwargs.pop("host", "127.0.0.1")
-    port = kwargs.pop("port", 0)
-    fake = FakeUpstream(**kwargs)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(fake.start(host, port))
-        except BaseException as exc:  # handed to the caller's thread below
-            failure.append(exc)
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="fake-upstream", daemon=True)
-    thread.start()
-    ready.wait()
-    if failure:
-        thread.join()
-        loop.close()
-        raise failure[0]
-    try:
-        yield fake
-    finally:
-        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
