@@ -21,9 +21,9 @@ from router.errors import RouterError, error_body, new_request_id
 from router.parse import header_map
 from router.pipeline import Endpoint, RouterState, explain, proxy
 from router.reload import watching
-from router.routing.conversations import ConversationMemory
 from router.routing.rules import Policy, load_policy
 from router.routing.tokens import FactorLearner, TokenCounter
+from router.state import MemoryStore
 from router.upstream.forward import Upstream
 from router.upstream.resilience import Breakers, Gate
 
@@ -204,9 +204,7 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
             upstream=upstream,
             counter=TokenCounter.load(),
             learner=learner,
-            memory=ConversationMemory(
-                config.conversations.memory_seconds, config.conversations.memory_size
-            ),
+            store=MemoryStore(config.conversations.memory_size),
             books=books,
             breakers=Breakers(config.upstream.breaker),
             gate=Gate(config.server.max_in_flight, config.server.max_buffered_bytes),

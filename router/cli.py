@@ -152,7 +152,6 @@ def explain(request_file: Any, config_path: str | None, headers: tuple[str, ...]
     from router.errors import RouterError
     from router.parse import parse_messages
     from router.pipeline import explanation, route
-    from router.routing.conversations import ConversationMemory
     from router.routing.tokens import FactorLearner, TokenCounter
 
     policy = _load_or_exit(resolve_config_path(config_path))
@@ -169,11 +168,8 @@ def explain(request_file: Any, config_path: str | None, headers: tuple[str, ...]
     counter = TokenCounter.load()
     config = policy.config
     learner = FactorLearner(priors={t.model: t.token_factor for t in config.tiers.values()})
-    memory = ConversationMemory(config.conversations.memory_seconds, 1)
     report = explanation(
-        route(parsed, counter.estimate(parsed.request), policy, learner, memory, explain=True),
-        policy,
-    )
+        route(parsed, counter.estimate(parsed.request), policy, learner, explain=True), policy)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return

@@ -139,13 +139,55 @@ class RuleConfig(_Section, frozen=True, kw_only=True):
     """Let this rule move a conversation that carries thinking blocks to another model."""
 
 
-class ConversationConfig(_Section, frozen=True, kw_only=True):
-    """The short-lived memory of which model each conversation used."""
+Affinity = Literal["cache", "turn", "sticky"]
+ResponseModel = Literal["requested", "actual"]
 
+
+class ConversationConfig(_Section, frozen=True, kw_only=True):
+    """How a conversation's turns are routed together (see docs/conversations.md)."""
+
+    affinity: Affinity = "cache"
+    """``cache``: keep a conversation's model while its prompt cache is warm, move up when the
+    rules ask for more, move down only when the saving pays for rewriting the cache; ``turn``:
+    decide every request on its own; ``sticky``: the first decision holds for the whole
+    conversation. Tool loops never change model, and thinking signatures always go back to the
+    model that signed them, whatever the affinity."""
+    payback_turns: float = 3.0
+    """Turns over which moving a warm conversation down must pay for the cache it rewrites."""
+    tool_loop_floor: Tier | None = "sonnet"
+    """The lowest tier for a user turn that may start a tool loop (tools offered, tool choice
+    not forced): the loop cannot change model once it runs, so its first turn must be able to
+    carry it. ``null`` turns it off."""
+    response_model: ResponseModel = "requested"
+    """The ``model`` an answer reports: the one the client asked for (Claude Code drops thinking
+    from answers whose model differs, which breaks its cache and tool loops), or the one that
+    actually answered. ``x-router-model`` always tells the truth."""
     memory_seconds: float = 3600.0
-    """How long a conversation's model is remembered after its last request."""
+    """How long a conversation's state (model, cache, thinking signatures) is kept after its
+    last request."""
     memory_size: int = 50_000
-    """Most conversations remembered per worker; the least recently used go first."""
+    """Most conversations the in-memory store keeps per worker (the least recently used go)."""
+
+
+class ModelConfig(_Section, frozen=True, kw_only=True):
+    """What one model can serve: hard limits, like context windows. A request is never routed to
+    a model that cannot serve it."""
+
+    context_window: int
+    """Input plus output tokens the model holds."""
+    max_output_tokens: int
+    """The largest ``max_tokens`` it accepts."""
+    thinking: tuple[str, ...] = ("enabled",)
+    """The ``thinking.type`` values it accepts besides ``disabled`` (``enabled``, ``adaptive``)."""
+    thinking_required: bool = False
+    """It refuses ``thinking: {type: disabled}``."""
+    effort: tuple[str, ...] = ()
+    """The ``output_config.effort`` levels it accepts; empty: it accepts no effort at all."""
+    betas: tuple[str, ...] = ()
+    """Model-specific ``anthropic-beta`` values it accepts (e.g. the 1M-context beta). A beta
+    that some model lists and this one does not makes the request unservable here."""
+    aliases: tuple[str, ...] = ()
+    """Other ids of the same model (dated snapshots)."""
 
 
 class LongContextPrice(_Section, frozen=True, kw_only=True):
@@ -204,6 +246,8 @@ class Config(_Section, frozen=True, kw_only=True):
     default: str = "sonnet"
     """Where requests no rule routes go: a tier name, a model id, or ``requested`` (keep it)."""
     conversations: ConversationConfig = ConversationConfig()
+    models: dict[str, ModelConfig] = {}
+    """Capabilities per model id: what each can serve."""
     pricing: PricingConfig | None = None
     budgets: BudgetsConfig = BudgetsConfig()
 
@@ -337,6 +381,16 @@ def semantic_problems(config: Config) -> list[str]:
             problems.append(f"tiers.{name}.model: empty")
         if tier.context_window <= 0:
             problems.append(f"tiers.{name}.context_window: must be positive")
+    for model, caps in config.models.items():
+        if caps.context_window <= 0 or caps.max_output_tokens <= 0:
+            problems.append(f"models.{model}: context_window and max_output_tokens must be "
+                            "positive")
+        bad = sorted(set(caps.thinking) - {"enabled", "adaptive"})
+        if bad:
+            problems.append(f"models.{model}.thinking: unknown type {bad[0]!r} "
+                            "(enabled, adaptive)")
+    if config.conversations.payback_turns < 0:
+        problems.append("conversations.payback_turns: must not be negative")
     if not config.upstream.base_url.startswith(("http://", "https://")):
         problems.append("upstream.base_url: must start with http:// or https://")
     if config.server.max_body_bytes <= 0:

@@ -20,13 +20,36 @@ from router.accounting.metrics import Metrics
 from router.body import ClientGone, Receive, read_body
 from router.errors import MethodNotAllowed, RouterError, error_body, new_request_id
 from router.parse import Parsed, header_map, parse_count_tokens, parse_messages, require_api_key
+from router.routing.capabilities import needs_of
 from router.routing.classify import classify
-from router.routing.conversations import ConversationMemory, conversation_key
-from router.routing.decide import Decision, decide
+from router.routing.conversations import (
+    SIGNATURES_LOOKED_UP,
+    Conversation,
+    caller_of,
+    conversation_id,
+    decode_state,
+    encode_state,
+    history_of,
+    rewritten_history,
+    signature_hash,
+    signature_key,
+    state_after,
+    state_key,
+)
+from router.routing.decide import Available, Decision, decide
 from router.routing.features import Features
 from router.routing.rules import Policy
 from router.routing.tokens import FactorLearner, TokenCounter, TokenEstimate
-from router.upstream.forward import Call, Outcome, Send, Upstream, forward, upstream_headers
+from router.state import Store
+from router.upstream.forward import (
+    Call,
+    Outcome,
+    Reporting,
+    Send,
+    Upstream,
+    forward,
+    upstream_headers,
+)
 from router.upstream.resilience import Breakers, Gate
 
 
@@ -52,7 +75,8 @@ class RouterState:
     upstream: Upstream
     counter: TokenCounter
     learner: FactorLearner
-    memory: ConversationMemory
+    store: Store
+    """Conversation state (and later budgets), shared by workers and replicas."""
     books: Books
     """The account stage: prices, metrics, the log."""
     breakers: Breakers
@@ -65,6 +89,10 @@ class RouterState:
         """The app's metrics."""
         return self.books.metrics
 
+    def available(self, model: str) -> bool:
+        """Whether ``model`` takes requests now (its circuit is closed or due a probe)."""
+        return self.breakers.retry_in(model) == 0
+
 
 @dataclass(frozen=True, slots=True)
 class Routed:
@@ -73,8 +101,8 @@ class Routed:
     features: Features
     estimate: TokenEstimate
     decision: Decision
-    conversation: str | None
-    """The conversation's memory key, when the decision must be remembered."""
+    conversation: Conversation | None
+    """The conversation the request continues, as loaded from the store."""
 
 
 DEFER_CHARS = 48_000
@@ -107,11 +135,12 @@ def route(
     estimate: TokenEstimate,
     policy: Policy,
     learner: FactorLearner,
-    memory: ConversationMemory,
+    conversation: Conversation | None = None,
     *,
+    available: Available = lambda model: True,
     explain: bool = False,
 ) -> Routed:
-    """Stages 2-3: classify the request and decide its model. No I/O; reads the memory only."""
+    """Stages 2-3: classify the request and decide its model. No I/O."""
     config = policy.config
     requested = config.resolve_model(parsed.request.model)
     requested_tier = policy.tier_of(requested)
@@ -121,12 +150,55 @@ def route(
         token_factor=learner.factor(requested, prior),
         requested_tier=requested_tier or "other",
     )
-    conversation = None
-    if features.history_thinking or features.thinking != "none":
-        conversation = conversation_key(parsed.request.messages, features.session_id)
-    sticky = memory.model_for(conversation) if conversation and features.history_thinking else None
-    decision = decide(features, policy, sticky_model=sticky, explain=explain)
+    needs = needs_of(features, parsed.request.thinking, parsed.headers.get("anthropic-beta", ""))
+    decision = decide(features, policy, needs=needs, conversation=conversation,
+                      available=available, explain=explain)
     return Routed(features, estimate, decision, conversation)
+
+
+async def load_conversation(store: Store, parsed: Parsed) -> Conversation | None:
+    """Read the state of the conversation a request continues: one store round trip."""
+    messages = parsed.request.messages
+    caller = caller_of(parsed.headers)
+    cid = conversation_id(caller, parsed.headers, messages)
+    if cid is None:
+        return None
+    history = history_of(messages)
+    signatures = history.signatures[-SIGNATURES_LOOKED_UP:]
+    keys = [state_key(cid), *(signature_key(caller, h) for h in signatures)]
+    try:
+        values = await store.get_many(keys)
+    except Exception:
+        # State is an optimisation of cost, never a reason to fail a request.
+        logging.getLogger("router.pipeline").exception({"event": "state_read_failed"})
+        values = [None] * len(keys)
+    owners = {h: v.decode() for h, v in zip(signatures, values[1:], strict=True) if v}
+    return Conversation(cid, caller, history, decode_state(values[0]), owners, time.time())
+
+
+async def save_conversation(store: Store, conversation: Conversation, outcome: Outcome,
+                            ttl_seconds: float) -> None:
+    """Remember which model answered, what it cached and which thinking it signed."""
+    model = outcome.model
+    if model is None or outcome.status != 200:
+        return
+    usage = outcome.usage
+    split = usage.cache_creation
+    state = state_after(
+        conversation.state, model, now=time.time(),
+        cache_read=usage.cache_read_input_tokens or 0,
+        cache_written=usage.cache_creation_input_tokens or 0,
+        written_1h=bool(split and split.ephemeral_1h_input_tokens),
+        output_tokens=usage.output_tokens or 0,
+    )
+    items = {state_key(conversation.id): encode_state(state)}
+    owner = model.encode()
+    for signature in outcome.signatures:
+        items[signature_key(conversation.caller, signature_hash(signature))] = owner
+    try:
+        await store.set_many(items, ttl_seconds)
+    except Exception:
+        logging.getLogger("router.pipeline").exception({"event": "state_write_failed"})
 
 
 async def explain(body: bytes, headers: dict[str, str], state: RouterState) -> dict[str, Any]:
@@ -137,7 +209,9 @@ async def explain(body: bytes, headers: dict[str, str], state: RouterState) -> d
     """
     parsed = parse_messages(body, headers)
     estimate = await estimate_tokens(state.counter, parsed, state.background)
-    routed = route(parsed, estimate, state.policy, state.learner, state.memory, explain=True)
+    conversation = await load_conversation(state.store, parsed)
+    routed = route(parsed, estimate, state.policy, state.learner, conversation,
+                   available=state.available, explain=True)
     return explanation(routed, state.policy)
 
 
@@ -151,7 +225,12 @@ def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
             "rule": decision.rule,
             "reason": decision.reason,
             "requested_model": routed.features.requested_model,
+            "conversation": decision.action,
+            "fallbacks": list(decision.fallbacks),
+            "strip_thinking_blocks": len(decision.strip),
+            "thinking_off": decision.thinking_off,
         },
+        "conversation": _conversation_report(routed.conversation),
         "rules": [
             {"rule": t.rule, "matched": t.matched, "when": t.condition, "effect": t.effect}
             for t in decision.trace
@@ -159,6 +238,26 @@ def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
         "features": dataclasses.asdict(routed.features),
         "estimate": dataclasses.asdict(routed.estimate),
         "config": {"source": policy.loaded.source, "sha256": policy.loaded.sha256},
+    }
+
+
+def _conversation_report(conversation: Conversation | None) -> dict[str, Any] | None:
+    """What ``explain`` shows of the conversation: never content, only its routing state."""
+    if conversation is None:
+        return None
+    state = conversation.state
+    return {
+        "id": conversation.id,
+        "in_tool_loop": conversation.history.in_tool_loop,
+        "current_model": conversation.current_model(),
+        "signatures": len(conversation.history.signatures),
+        "signatures_known": len(conversation.owners),
+        "turns_seen": state.turns if state else 0,
+        "caches": {
+            model: {"tokens": c.tokens, "ttl": c.ttl,
+                    "expires_in_seconds": round(c.expires_at - conversation.now, 1)}
+            for model, c in (state.caches.items() if state else ())
+        },
     }
 
 
@@ -216,8 +315,12 @@ async def proxy(
             parsed = parse(body, headers)
             requested = parsed.request.model
             estimate = await estimate_tokens(state.counter, parsed, state.background)
-            routed = route(parsed, estimate, policy, state.learner, state.memory)
+            conversation = await load_conversation(state.store, parsed)
+            routed = route(parsed, estimate, policy, state.learner, conversation,
+                           available=state.available)
             decision = routed.decision
+            if decision.strip or decision.thinking_off:
+                body = rewritten_history(body, decision.strip, decision.thinking_off)
             # count_tokens answers for one model: falling back would count for another.
             fallbacks = decision.fallbacks if endpoint is Endpoint.MESSAGES else ()
             models = (decision.model, *fallbacks)
@@ -230,14 +333,16 @@ async def proxy(
             requested=requested,
             models=models,
             extra_headers=_extra_headers(routed.decision if routed else None, policy),
+            reporting=_reporting(routed, requested, policy, endpoint),
         )
         await _forward_watching_client(state, policy, call, receive, exchange, outcome,
                                        request_id)
         status = outcome.status
-        if routed is not None and routed.conversation is not None and status == 200 \
-                and endpoint is Endpoint.MESSAGES and outcome.model is not None:
+        if routed is not None and routed.conversation is not None \
+                and endpoint is Endpoint.MESSAGES:
             # The model that answered signed any thinking in it, fallback or not.
-            state.memory.remember(routed.conversation, outcome.model)
+            await save_conversation(state.store, routed.conversation, outcome,
+                                    policy.config.conversations.memory_seconds)
     except ClientGone:
         status = 499
         error_type = "client_disconnected"
@@ -295,12 +400,33 @@ def _extra_headers(decision: Decision | None, policy: Policy
     if decision is None:
         return lambda model: []
 
+    conversation = [("x-router-conversation", decision.action),
+                    ("x-router-reason", _header_text(decision.reason))]
+
     def headers(model: str | None) -> list[tuple[str, str]]:
         tier = decision.tier if model is None or model == decision.model else policy.tier_of(model)
         return [("x-router-model", model or decision.model), ("x-router-tier", tier or "other"),
-                ("x-router-rule", decision.rule)]
+                ("x-router-rule", decision.rule), *conversation]
 
     return headers
+
+
+def _header_text(text: str, limit: int = 400) -> str:
+    """``text`` as a header value: printable ASCII on one line, bounded."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
+def _reporting(routed: Routed | None, requested: str | None, policy: Policy,
+               endpoint: Endpoint) -> Reporting:
+    """What the relay reads from and changes in the answer."""
+    if routed is None or endpoint is not Endpoint.MESSAGES:
+        return Reporting()
+    report = policy.config.conversations.response_model == "requested"
+    return Reporting(
+        model=requested if report and requested != routed.decision.model else None,
+        signatures=routed.conversation is not None,
+    )
 
 
 async def _forward_watching_client(

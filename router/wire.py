@@ -93,7 +93,23 @@ class _ErrorEvent(msgspec.Struct):
     error: _ErrorDetail
 
 
+class _Delta(msgspec.Struct):
+    type: str = ""
+    signature: str = ""
+
+
+class _SignedEvent(msgspec.Struct):
+    delta: _Delta | None = None
+    content_block: Block | None = None
+
+
+class _Content(msgspec.Struct):
+    content: list[Block] = []
+
+
 _message_decoder = msgspec.json.Decoder(_HasUsage)
+_signed_decoder = msgspec.json.Decoder(_SignedEvent)
+_content_decoder = msgspec.json.Decoder(_Content)
 _start_decoder = msgspec.json.Decoder(_StartEvent)
 _error_decoder = msgspec.json.Decoder(_ErrorEvent)
 
@@ -124,3 +140,35 @@ def error_type_of_event(data: bytes) -> str:
         return _error_decoder.decode(data).error.type
     except msgspec.DecodeError:
         return "api_error"
+
+
+def signature_of_event(data: bytes) -> str | None:
+    """Return the thinking signature a ``signature_delta``, or the data a ``redacted_thinking``
+    block start, carries."""
+    try:
+        event = _signed_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if event.delta is not None and event.delta.type == "signature_delta":
+        return event.delta.signature or None
+    block = event.content_block
+    if block is not None and block.get("type") == "redacted_thinking":
+        value = block.get("data")
+        return value if isinstance(value, str) and value else None
+    return None
+
+
+def signatures_of_message(body: bytes) -> list[str]:
+    """Return the thinking signatures (and redacted thinking data) of a non-streamed answer."""
+    try:
+        content = _content_decoder.decode(body).content
+    except msgspec.DecodeError:
+        return []
+    found = []
+    for block in content:
+        kind = block.get("type")
+        value = block.get("signature") if kind == "thinking" else (
+            block.get("data") if kind == "redacted_thinking" else None)
+        if isinstance(value, str) and value:
+            found.append(value)
+    return found

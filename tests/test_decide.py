@@ -5,6 +5,7 @@ from __future__ import annotations
 from router.routing.decide import decide
 from router.routing.rules import Policy, parse_policy
 from tests.conftest import config_text
+from tests.test_conversations import conversation, history, state
 from tests.test_rules import features
 
 POLICY = """\
@@ -78,19 +79,25 @@ def test_context_window_moves_up_a_tier() -> None:
     assert d.tier == "sonnet"
 
 
-def test_thinking_conversation_stays_on_its_model() -> None:
-    f = features(complexity="complex", history_thinking=True, requested_model="claude-sonnet-4-6")
-    d = decide(f, policy(), sticky_model="claude-haiku-4-5")
-    assert (d.model, d.rule) == ("claude-haiku-4-5", "conversation")
-    # Without memory of the session, the requested model is the one that signed the blocks.
-    d = decide(f, policy())
-    assert d.model == "claude-sonnet-4-6"
-
-
 def test_a_rule_may_allow_a_thinking_conversation_to_move() -> None:
+    signed = conversation(history(signed_by="claude-opus-4-7"), state("claude-opus-4-7"))
     f = features(complexity="moderate", history_thinking=True)
-    d = decide(f, policy(), sticky_model="claude-opus-4-7")
-    assert (d.model, d.rule) == ("claude-haiku-4-5", "thinking-may-move")
+    d = decide(f, policy(), conversation=signed)
+    assert (d.model, d.rule, d.action) == ("claude-haiku-4-5", "thinking-may-move", "turn")
+    assert d.strip == signed.foreign("claude-haiku-4-5") != frozenset()
+
+
+def test_unknown_models_pass_through_untouched() -> None:
+    d = decide(features(complexity="simple", requested_model="gpt-4o", requested_tier="other"),
+               policy())
+    assert (d.model, d.tier, d.rule, d.action) == ("gpt-4o", None, "passthrough", "passthrough")
+    # ...unless a rule names the requested model explicitly.
+    named = policy(POLICY.replace("  - name: hard", "  - name: gpt-to-haiku\n"
+                                "    when: {requested_model: gpt-*}\n    tier: haiku\n"
+                                "  - name: hard", 1))
+    d = decide(features(complexity="complex", requested_model="gpt-4o", requested_tier="other"),
+               named)
+    assert (d.model, d.rule) == ("claude-haiku-4-5", "gpt-to-haiku")
 
 
 def test_explain_traces_every_rule() -> None:

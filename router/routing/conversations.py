@@ -1,68 +1,336 @@
-"""A short-lived, bounded memory of which model each conversation was sent to.
+"""Conversations as a unit of routing: who they are, what they remember, and when they move.
 
-Thinking blocks carry signatures bound to the model that wrote them, so a conversation that has
-them must go back to that model. The memory is keyed by the client's session id (Claude Code's
-``x-claude-code-session-id``) together with a fingerprint of the conversation's first message,
-so it works for clients that send no session id at all.
+Most traffic that costs money is multi-turn (agent tool loops, chats, questions over a cached
+document), and per-request routing breaks it twice: a model switch throws away the prompt cache
+(the cache is per model), and thinking blocks carry signatures only the model that wrote them
+accepts. So a conversation keeps its model unless moving is safe *and* worth it:
+
+* **Identity.** The caller (a hash of its API key, never the key), Claude Code's session and
+  agent ids when sent (a subagent is its own conversation), and a fingerprint of the opening
+  message without its ``cache_control`` (a rolling breakpoint moves, the opening does not).
+* **The current model** is the one that signed the latest thinking in the history (recorded
+  when the answer was relayed), else the one the conversation last used.
+* **Inside a tool loop** the model never changes.
+* **At a new user turn** (``affinity: cache``) the conversation moves up when the rules ask for
+  a higher tier, and down only when the saving over ``payback_turns`` beats rewriting the cached
+  prefix on the cheaper model. Thinking signed by another model is stripped when it moves, as
+  clients that switch models on purpose do.
+
+Everything here is pure; the store I/O happens in the pipeline, which hands a
+:class:`Conversation` to :func:`router.routing.decide.decide`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
-from router.wire import MessageParam
+from router.config import ModelPrice
+from router.wire import Block, MessageParam
 
-_FINGERPRINT_BYTES = 64 * 1024
-"""Enough of the first message to tell conversations apart without hashing huge pastes."""
+_TEXT_HEAD = 4096
+_TEXT_TAIL = 1024
+"""How much of each opening text block the fingerprint reads: enough to tell conversations
+apart, bounded so a 200k-token document costs no more than a one-liner."""
+
+SIGNED_BLOCKS = ("thinking", "redacted_thinking")
 
 
-def conversation_key(messages: list[MessageParam], session_id: str) -> str | None:
-    """Return a stable key for the conversation, or None for an empty one."""
-    if not messages:
+def caller_of(headers: Mapping[str, str]) -> str:
+    """Return a short, non-reversible id of the caller's credential (``x-api-key`` wins over a
+    bearer token, as at the API)."""
+    key = headers.get("x-api-key")
+    if not key:
+        auth = headers.get("authorization", "")
+        key = auth[7:] if auth[:7].lower() == "bearer " else auth
+    return hashlib.blake2b(key.encode(), digest_size=8, person=b"router-caller").hexdigest()
+
+
+def conversation_id(caller: str, headers: Mapping[str, str],
+                    messages: list[MessageParam]) -> str | None:
+    """Return the id of the conversation a request belongs to, or None for an empty one."""
+    opening = next((m for m in messages if m.role == "user"), None)
+    if opening is None:
         return None
-    first = msgspec.json.encode(messages[0])
-    digest = hashlib.blake2b(first[:_FINGERPRINT_BYTES], digest_size=12)
-    digest.update(len(first).to_bytes(8, "little"))
-    return f"{session_id}:{digest.hexdigest()}"
+    digest = hashlib.blake2b(digest_size=12, person=b"router-conv")
+    for part in (caller, headers.get("x-claude-code-session-id", ""),
+                 headers.get("x-claude-code-agent-id", "")):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    _fingerprint(digest, opening.content)
+    return digest.hexdigest()
 
 
-class ConversationMemory:
-    """LRU map of conversation key -> model, with a time-to-live; safe across threads."""
+def _fingerprint(digest: Any, content: str | list[Block]) -> None:
+    if isinstance(content, str):
+        _digest_text(digest, content)
+        return
+    for block in content:
+        text = block.get("text")
+        if isinstance(text, str):
+            _digest_text(digest, text)
+        else:
+            # Images, documents, tool results: their content, never their cache_control, which
+            # a client's rolling breakpoint adds and removes from turn to turn.
+            rest = {k: v for k, v in block.items() if k != "cache_control"}
+            digest.update(msgspec.json.encode(rest)[:_TEXT_HEAD])
+        digest.update(b"\1")
 
-    def __init__(
-        self, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._entries)
+def _digest_text(digest: Any, text: str) -> None:
+    if len(text) > _TEXT_HEAD + _TEXT_TAIL:
+        text = text[:_TEXT_HEAD] + text[-_TEXT_TAIL:] + str(len(text))
+    digest.update(text.encode())
 
-    def model_for(self, key: str) -> str | None:
-        """Return the model the conversation last used, if remembered and not expired."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            model, seen = entry
-            if self._clock() - seen > self._ttl:
-                del self._entries[key]
-                return None
-            return model
 
-    def remember(self, key: str, model: str) -> None:
-        """Record the model a conversation was just sent to."""
-        with self._lock:
-            self._entries[key] = (model, self._clock())
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+def signature_hash(signature: str) -> str:
+    """Return the key a thinking signature (or redacted ``data``) is remembered under."""
+    return hashlib.blake2b(signature.encode(), digest_size=12).hexdigest()
+
+
+def signature_of(block: Block) -> str | None:
+    """Return a thinking or redacted_thinking block's signature, else None."""
+    kind = block.get("type")
+    value = block.get("signature") if kind == "thinking" else (
+        block.get("data") if kind == "redacted_thinking" else None)
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the conversation so far says about continuity."""
+
+    in_tool_loop: bool
+    """The last turn answers tool calls, or the last assistant turn called a tool."""
+    signatures: tuple[str, ...]
+    """Hashes of the thinking signatures in the history, oldest first, without repeats."""
+    latest: tuple[str, ...]
+    """Those of the latest assistant turn that has any."""
+    user_turns: int
+
+
+def history_of(messages: list[MessageParam]) -> History:
+    """Return the continuity facts of a request's messages."""
+    seen: dict[str, None] = {}
+    latest: tuple[str, ...] = ()
+    last_user: MessageParam | None = None
+    last_assistant: MessageParam | None = None
+    user_turns = 0
+    for message in messages:
+        if message.role == "user":
+            last_user = message
+            user_turns += 1
+        elif message.role == "assistant":
+            last_assistant = message
+            if isinstance(message.content, list):
+                found = [signature_hash(s) for b in message.content
+                         if (s := signature_of(b)) is not None]
+                if found:
+                    latest = tuple(found)
+                    seen.update(dict.fromkeys(found))
+        # Trailing or mid-conversation `system` messages are context: they change nothing here.
+    loop = (last_user is not None and _has_block(last_user, "tool_result")) or (
+        last_assistant is not None and _has_block(last_assistant, "tool_use"))
+    return History(loop, tuple(seen), latest, user_turns)
+
+
+def _has_block(message: MessageParam, kind: str) -> bool:
+    return isinstance(message.content, list) and any(b.get("type") == kind
+                                                     for b in message.content)
+
+
+class ModelCache(msgspec.Struct, frozen=True):
+    """What a conversation has cached on one model, as the API's usage reported it."""
+
+    tokens: int
+    """Tokens read from or written to the cache by the last answer: the cached prefix."""
+    expires_at: float
+    """Wall-clock seconds when the entry lapses (a hit refreshes it)."""
+    ttl: float
+    """300 or 3600: which write price a rewrite would pay."""
+
+
+class ConversationState(msgspec.Struct, frozen=True):
+    """What the store keeps per conversation."""
+
+    model: str
+    """The model that answered last."""
+    turns: int = 0
+    output_tokens: float = 0.0
+    """Running mean of output tokens per answer: the expected size of the next one."""
+    caches: dict[str, ModelCache] = {}
+    updated_at: float = 0.0
+
+
+def state_after(state: ConversationState | None, model: str, *, now: float, cache_read: int,
+                cache_written: int, written_1h: bool, output_tokens: int) -> ConversationState:
+    """Return a conversation's state after an answer from ``model`` with the given usage."""
+    caches = dict(state.caches) if state else {}
+    cached = cache_read + cache_written
+    if cached:
+        previous = caches.get(model)
+        # A read of an hour-long entry refreshes the hour, whatever the turn wrote beside it.
+        long = written_1h or (cache_read and previous is not None and previous.ttl > 300)
+        ttl = 3600.0 if long else 300.0
+        caches[model] = ModelCache(cached, now + ttl, ttl)
+    caches = {m: c for m, c in caches.items() if c.expires_at > now}
+    turns = state.turns + 1 if state else 1
+    mean = state.output_tokens if state else 0.0
+    return ConversationState(model, turns, mean + (output_tokens - mean) / min(turns, 8), caches,
+                             now)
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One request's view of its conversation, loaded from the store by the pipeline."""
+
+    id: str
+    caller: str
+    history: History
+    state: ConversationState | None
+    owners: Mapping[str, str] = field(default_factory=dict)
+    """Known signers: signature hash -> model."""
+    now: float = 0.0
+
+    def current_model(self) -> str | None:
+        """The model the conversation is on: the signer of its latest thinking, else the one it
+        last used; None for a new conversation."""
+        for signature in reversed(self.history.latest):
+            owner = self.owners.get(signature)
+            if owner is not None:
+                return owner
+        return self.state.model if self.state else None
+
+    def foreign(self, model: str, assumed: str | None = None) -> frozenset[str]:
+        """Hashes of the signatures in the history that ``model`` did not write; those nobody
+        recorded count as ``assumed``'s (the likeliest signer), or as foreign without one."""
+        return frozenset(h for h in self.history.signatures
+                         if self.owners.get(h, assumed) != model)
+
+    def unknown_signatures(self) -> bool:
+        """Whether the history carries thinking whose signer nobody recorded."""
+        return any(h not in self.owners for h in self.history.signatures)
+
+
+@dataclass(frozen=True, slots=True)
+class Payback:
+    """The arithmetic of moving a warm conversation to a cheaper model, in USD."""
+
+    pays: bool
+    stay: float
+    """The next turn on the current model, its cache warm."""
+    move: float
+    """The next turn on the cheaper model, rewriting its cache."""
+    later: float
+    """The saving of each later turn once moved."""
+    turns: float
+
+    def describe(self, current: str, target: str) -> str:
+        """One line a person can check."""
+        total = self.stay - self.move + (self.turns - 1) * self.later
+        verdict = "moves down" if self.pays else "stays"
+        return (f"{verdict}: next turn ${self.stay:.4f} on {current} (cache warm) vs "
+                f"${self.move:.4f} on {target} (cache rewritten), then ${self.later:.4f} saved a "
+                f"turn; over {self.turns:g} turns moving {'saves' if total > 0 else 'costs'} "
+                f"${abs(total):.4f}")
+
+
+def payback(conversation: Conversation, current: str, target: str, input_tokens: int,
+            prices: tuple[ModelPrice, ModelPrice], turns: float) -> Payback | None:
+    """Return whether moving from ``current`` to the cheaper ``target`` pays, or None when the
+    conversation has nothing warm on ``current`` (moving then costs nothing extra)."""
+    state = conversation.state
+    warm = state.caches.get(current) if state else None
+    if warm is None or warm.expires_at <= conversation.now or state is None:
+        return None
+    here, there = prices
+    out = state.output_tokens
+    prefix = min(warm.tokens, input_tokens) if input_tokens else warm.tokens
+    new = max(input_tokens - prefix, 0)
+
+    def write(price: ModelPrice) -> float:
+        return price.cache_write_1h if warm.ttl > 300 else price.cache_write_5m
+
+    theirs = state.caches.get(target)
+    reusable = theirs.tokens if theirs and theirs.expires_at > conversation.now else 0
+    reusable = min(reusable, prefix + new)
+    stay = (prefix * here.cache_read + new * write(here) + out * here.output) / 1e6
+    move = (reusable * there.cache_read + (prefix + new - reusable) * write(there)
+            + out * there.output) / 1e6
+    later = ((prefix + new) * (here.cache_read - there.cache_read)
+             + out * (here.output - there.output)) / 1e6
+    total = stay - move + (turns - 1) * later
+    return Payback(total > 0, stay, move, later, turns)
+
+
+def strip_signed(body: dict[str, object], drop: Iterable[str]) -> int:
+    """Remove from a decoded request body the thinking blocks whose signature hash is in
+    ``drop``; return how many went. An assistant turn left empty keeps its blocks: the API
+    refuses empty turns, and one stray block fails no worse than before."""
+    drop = frozenset(drop)
+    removed = 0
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        kept = [b for b in content if not (isinstance(b, dict)
+                                           and (s := signature_of(b)) is not None
+                                           and signature_hash(s) in drop)]
+        if kept and len(kept) != len(content):
+            removed += len(content) - len(kept)
+            message["content"] = kept
+    return removed
+
+
+# --------------------------------------------------------------------------- what the store keeps
+
+SIGNATURES_LOOKED_UP = 64
+"""The most recent signatures whose owners a request looks up (one store round trip)."""
+
+_state_decoder = msgspec.json.Decoder(ConversationState)
+
+
+def state_key(conversation: str) -> str:
+    """The store key of a conversation's state."""
+    return f"conv:{conversation}"
+
+
+def signature_key(caller: str, signature: str) -> str:
+    """The store key of a signature's owner: per caller, so no tenant can claim another's."""
+    return f"sig:{caller}:{signature}"
+
+
+def encode_state(state: ConversationState) -> bytes:
+    """Serialise a state for the store."""
+    return msgspec.json.encode(state)
+
+
+def decode_state(raw: bytes | None) -> ConversationState | None:
+    """Read a state from the store; None when absent or unreadable (an older format)."""
+    if raw is None:
+        return None
+    try:
+        return _state_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def rewritten_history(body: bytes, strip: frozenset[str], thinking_off: bool) -> bytes:
+    """Return ``body`` without the thinking blocks another model signed (and without
+    ``thinking`` when it must be off); the model name is left for the forward stage to set."""
+    data = msgspec.json.decode(body)
+    if not isinstance(data, dict):
+        return body
+    strip_signed(data, strip)
+    if thinking_off:
+        data.pop("thinking", None)
+    return msgspec.json.encode(data)

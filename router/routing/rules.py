@@ -33,6 +33,8 @@ from router.config import (
     Config,
     ConfigError,
     LoadedConfig,
+    ModelConfig,
+    ModelPrice,
     RuleConfig,
     Tier,
     load_config,
@@ -57,6 +59,9 @@ class Condition(Protocol):
 
     def describe(self) -> str:
         """Return the condition as one line a person reads."""
+
+    def tested(self) -> frozenset[str]:
+        """Return the names of the features the condition reads."""
 
 
 def feature_kinds(features_type: type) -> dict[str, Kind]:
@@ -100,6 +105,9 @@ class _Test:
     def describe(self) -> str:
         return f"{self.feature} {self.op} {self.value!r}"
 
+    def tested(self) -> frozenset[str]:
+        return frozenset((self.feature,))
+
 
 @dataclass(frozen=True, slots=True)
 class _All:
@@ -110,6 +118,9 @@ class _All:
 
     def describe(self) -> str:
         return " and ".join(_wrap(p) for p in self.parts) if self.parts else "always"
+
+    def tested(self) -> frozenset[str]:
+        return frozenset().union(*(p.tested() for p in self.parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +133,9 @@ class _Any:
     def describe(self) -> str:
         return " or ".join(_wrap(p) for p in self.parts) if self.parts else "never"
 
+    def tested(self) -> frozenset[str]:
+        return frozenset().union(*(p.tested() for p in self.parts))
+
 
 @dataclass(frozen=True, slots=True)
 class _Not:
@@ -132,6 +146,9 @@ class _Not:
 
     def describe(self) -> str:
         return f"not {_wrap(self.part)}"
+
+    def tested(self) -> frozenset[str]:
+        return self.part.tested()
 
 
 def _wrap(condition: Condition) -> str:
@@ -282,6 +299,12 @@ class Rule:
         """Whether the rule picks a target (else it is a guard: only cap/floor)."""
         return self.pin or self.tier is not None or self.model is not None
 
+    @property
+    def names_requested_model(self) -> bool:
+        """Whether the rule tests the requested model itself: only such a rule may route a
+        model that belongs to no tier (any other goes upstream untouched)."""
+        return bool(self.condition.tested() & {"requested_model", "requested_tier"})
+
 
 _TIER_MEMO_SIZE = 4096
 """Distinct model names remembered per policy; clients choose them, so the memo is bounded."""
@@ -294,6 +317,30 @@ class Policy:
     loaded: LoadedConfig
     rules: tuple[Rule, ...]
     _tiers: dict[str, Tier | None] = field(default_factory=dict, compare=False, repr=False)
+    _caps: dict[str, ModelConfig] = field(default_factory=dict, compare=False, repr=False)
+    _prices: dict[str, ModelPrice] = field(default_factory=dict, compare=False, repr=False)
+    model_betas: frozenset[str] = frozenset()
+    """Every beta some model lists as model-specific (``models.*.betas``)."""
+
+    def __post_init__(self) -> None:
+        config = self.config
+        for model, caps in config.models.items():
+            for name in (model, *caps.aliases):
+                self._caps[name] = caps
+        if config.pricing is not None:
+            for model, price in config.pricing.models.items():
+                for name in (model, *price.aliases):
+                    self._prices[name] = price
+        betas = frozenset(b for caps in config.models.values() for b in caps.betas)
+        object.__setattr__(self, "model_betas", betas)
+
+    def caps_of(self, model: str) -> ModelConfig | None:
+        """What a model can serve, or None when ``models:`` does not list it."""
+        return self._caps.get(model)
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        """A model's list prices, or None when it has none."""
+        return self._prices.get(model)
 
     def tier_of(self, model: str) -> Tier | None:
         """The tier of a model id (memoised :meth:`router.config.Config.tier_of_model`)."""

@@ -14,13 +14,15 @@ dressed as a whole one.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import msgspec
 from multidict import CIMultiDict
 from tenacity import (
     AsyncRetrying,
@@ -37,7 +39,7 @@ from router.config import Config, Tier, UpstreamConfig
 from router.errors import Overloaded, UpstreamTimeout, UpstreamUnavailable, error_event
 from router.upstream.resilience import Breakers, backoff, retry_after, should_retry
 from router.upstream.sse import StreamUsage
-from router.wire import Usage, error_type_of_event, usage_of_message
+from router.wire import Usage, error_type_of_event, signatures_of_message, usage_of_message
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Pricer = Callable[[str, Usage], Decimal | None]
@@ -200,6 +202,8 @@ class Outcome:
     client_disconnected: bool = False
     complete: bool = False
     """The whole answer reached the client."""
+    signatures: list[str] = field(default_factory=list)
+    """The answer's thinking signatures, when the call asked for them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,18 @@ class Call:
     """The chosen model, then its fallbacks; ``(None,)`` when nothing is routed."""
     extra_headers: Callable[[str | None], list[tuple[str, str]]]
     """The x-router-* headers for an answer from a given model."""
+    reporting: Reporting = field(default_factory=lambda: Reporting())
+    """What to read from, and change in, a successful answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reporting:
+    """What the relay reads from, and changes in, a successful answer."""
+
+    model: str | None = None
+    """The model name the answer reports instead of the one that answered (None: unchanged)."""
+    signatures: bool = False
+    """Collect the answer's thinking signatures into ``Outcome.signatures``."""
 
 
 class _Failed(Exception):
@@ -285,7 +301,7 @@ async def forward(
         outcome.model = model
         try:
             await relay(response, send, extra, outcome, request_id, price,
-                        deadline=deadline, first=first)
+                        deadline=deadline, first=first, reporting=call.reporting)
         finally:
             _let_go(response, reuse=outcome.complete)
         return
@@ -492,6 +508,7 @@ async def relay(
     *,
     deadline: float | None = None,
     first: bytes | None = None,
+    reporting: Reporting | None = None,
 ) -> None:
     """Relay an upstream response to the ASGI client, filling ``outcome`` as it goes.
 
@@ -516,6 +533,11 @@ async def relay(
         outcome.upstream_seconds = outcome.first_token_seconds = outcome.first_byte_seconds
         if response.status == 200:
             outcome.usage = usage_of_message(body) or Usage()
+            if reporting is not None:
+                if reporting.signatures:
+                    outcome.signatures = signatures_of_message(body)
+                if reporting.model is not None:
+                    body = reported_as(body, reporting.model)
             if pricer is not None:
                 outcome.cost_usd = pricer(outcome.usage)
                 if outcome.cost_usd is not None:
@@ -529,7 +551,8 @@ async def relay(
         return
     if first is None:
         first = await _first_chunk(response, deadline)
-    await _relay_stream(response, first, send, headers, outcome, request_id, deadline)
+    await _relay_stream(response, first, send, headers, outcome, request_id, deadline,
+                        reporting if response.status == 200 else None)
 
 
 def _is_stream(response: aiohttp.ClientResponse) -> bool:
@@ -561,10 +584,14 @@ async def _relay_stream(
     outcome: Outcome,
     request_id: str,
     deadline: float | None,
+    reporting: Reporting | None = None,
 ) -> None:
     started = outcome.sent_at
-    tracker = StreamUsage()
-    chunks = response.content.iter_any()
+    tracker = StreamUsage(signatures=reporting is not None and reporting.signatures)
+    chunks: AsyncIterator[bytes] = response.content.iter_any()
+    if reporting is not None and reporting.model is not None:
+        chunks = _reporting_model(first, chunks, reporting.model)
+        first = await anext(chunks, b"")
     outcome.first_byte_seconds = time.perf_counter() - started
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     try:
@@ -584,12 +611,46 @@ async def _relay_stream(
         await send({"type": "http.response.body", "body": event, "more_body": True})
     finally:
         outcome.usage = tracker.usage
+        outcome.signatures = tracker.signatures
         outcome.error_type = tracker.error_type
         outcome.upstream_seconds = time.perf_counter() - started
         if tracker.first_content_at is not None:
             outcome.first_token_seconds = tracker.first_content_at - started
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.complete = tracker.error_type is None
+
+
+_MODEL_VALUE = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
+_START_LIMIT = 1 << 16
+"""Bytes of a stream held back at most while looking for the end of ``message_start``."""
+
+
+def reported_as(body: bytes, model: str) -> bytes:
+    """Return a Message (or a ``message_start`` event) whose top-level ``model`` says ``model``.
+
+    Only the first ``model`` key before any ``content`` is the message's own: one inside a tool
+    input comes later. Anything else is left as it came.
+    """
+    found = _MODEL_VALUE.search(body)
+    content = body.find(b'"content"')
+    if found is None or (content != -1 and content < found.start()):
+        return body
+    start, end = found.span(1)
+    return body[:start] + msgspec.json.encode(model)[1:-1] + body[end:]
+
+
+async def _reporting_model(first: bytes, rest: AsyncIterator[bytes], model: str
+                           ) -> AsyncIterator[bytes]:
+    """Yield a stream whose ``message_start`` reports ``model``; every other byte unchanged."""
+    held = first
+    while b"\n\n" not in held.replace(b"\r\n", b"\n") and len(held) < _START_LIMIT:
+        more = await anext(rest, b"")
+        if not more:
+            break
+        held += more
+    yield reported_as(held, model)
+    async for chunk in rest:
+        yield chunk
 
 
 def _loop_deadline(deadline: float | None) -> float | None:

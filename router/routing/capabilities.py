@@ -1,0 +1,71 @@
+"""Whether a model can serve a request: output limit, context window, thinking, effort, betas.
+
+These are hard limits, like context windows: routing a request to a model that refuses it turns
+a routing choice into the client's error. The table lives in ``router.yaml`` (``models:``); a
+model it does not list is assumed capable, since only the upstream knows better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.config import ModelConfig
+from router.routing.features import Features
+from router.wire import Block
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What a request asks of the model that serves it."""
+
+    tokens: int
+    """Input tokens (estimated) plus ``max_tokens``."""
+    max_tokens: int
+    thinking: str
+    """``none``, ``disabled``, ``enabled`` or ``adaptive``."""
+    effort: str
+    """``output_config.effort``, empty when not set."""
+    betas: frozenset[str]
+    """The ``anthropic-beta`` values sent."""
+
+
+def needs_of(features: Features, thinking: Block | None, beta_header: str) -> Needs:
+    """Return what a request needs, from its features, its ``thinking`` field and its
+    ``anthropic-beta`` header."""
+    betas = frozenset(b.strip() for b in beta_header.split(",") if b.strip())
+    kind = thinking.get("type") if thinking else None
+    return Needs(
+        tokens=features.input_tokens + features.max_tokens,
+        max_tokens=features.max_tokens,
+        thinking=kind if kind in ("enabled", "adaptive", "disabled") else "none",
+        effort=features.effort,
+        betas=betas,
+    )
+
+
+def unmet_limit(model: str, caps: ModelConfig | None, needs: Needs,
+                model_betas: frozenset[str]) -> str | None:
+    """Return why ``model`` cannot serve the request (one line), or None when it can.
+
+    Args:
+        model: the model id, for the message.
+        caps: its capabilities, or None when the table does not list it.
+        needs: what the request asks.
+        model_betas: every beta some model lists as model-specific.
+    """
+    if caps is None:
+        return None
+    if needs.max_tokens > caps.max_output_tokens:
+        return f"max_tokens {needs.max_tokens} > {caps.max_output_tokens} on {model}"
+    if needs.tokens > caps.context_window:
+        return f"{needs.tokens} tokens > {model}'s {caps.context_window} window"
+    if needs.thinking in ("enabled", "adaptive") and needs.thinking not in caps.thinking:
+        return f"{model} does not take {needs.thinking} thinking"
+    if needs.thinking == "disabled" and caps.thinking_required:
+        return f"{model} refuses thinking disabled"
+    if needs.effort and needs.effort not in caps.effort:
+        return f"{model} does not take effort {needs.effort}"
+    for beta in sorted(needs.betas & model_betas):
+        if beta not in caps.betas:
+            return f"{model} does not take beta {beta}"
+    return None
