@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, get, post, route
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
@@ -77,6 +77,12 @@ def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
     state: RouterState = request.app.state.router
     body, content_type = state.metrics.exposition()
     return Response(body, media_type=content_type)
+
+
+@route("/api/hello", http_method=["GET", "HEAD"], sync_to_thread=False)
+def hello() -> dict[str, str]:
+    """Claude Code's start-up probe: answered here, whatever the upstream's state."""
+    return {"status": "ok"}
 
 
 @get("/healthz", sync_to_thread=False)
@@ -234,6 +240,7 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
             metrics_endpoint,
             healthz,
             readyz,
+            hello,
         ],
         lifespan=[lifespan],
         exception_handlers={

@@ -18,7 +18,16 @@ from typing import Any
 from router.accounting.account import Books, Record, account
 from router.accounting.metrics import Metrics
 from router.body import ClientGone, Receive, read_body
-from router.errors import MethodNotAllowed, RouterError, error_body, new_request_id
+from router.catalogue import models_page
+from router.errors import (
+    MethodNotAllowed,
+    Overloaded,
+    RouterError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_body,
+    new_request_id,
+)
 from router.parse import Parsed, header_map, parse_count_tokens, parse_messages, require_api_key
 from router.routing.capabilities import needs_of
 from router.routing.classify import classify
@@ -45,6 +54,7 @@ from router.upstream.forward import (
     Call,
     Outcome,
     Reporting,
+    Reroute,
     Send,
     Upstream,
     forward,
@@ -104,6 +114,10 @@ class Routed:
     conversation: Conversation | None
     """The conversation the request continues, as loaded from the store."""
 
+
+MODELS_WITHIN = 2.5
+"""Seconds the upstream gets to answer ``GET /v1/models`` before the proxy answers from its
+config: Claude Code's model discovery gives up after 3 s."""
 
 DEFER_CHARS = 48_000
 """New text (about 12k tokens) up to which a request routes on the approximate count while the
@@ -301,6 +315,7 @@ async def proxy(
         headers = header_map(scope["headers"])
         require_api_key(headers)
         body: bytes | None = None
+        reroute: Reroute | None = None
         models: tuple[str | None, ...] = (None,)
         if endpoint is not Endpoint.MODELS:
             limit = policy.config.server.max_body_bytes
@@ -319,12 +334,17 @@ async def proxy(
             routed = route(parsed, estimate, policy, state.learner, conversation,
                            available=state.available)
             decision = routed.decision
+            if endpoint is Endpoint.MESSAGES and decision.action != "passthrough" \
+                    and decision.model != policy.config.resolve_model(requested):
+                reroute = Reroute(requested, body)
             if decision.strip or decision.thinking_off:
                 body = rewritten_history(body, decision.strip, decision.thinking_off)
             # count_tokens answers for one model: falling back would count for another.
             fallbacks = decision.fallbacks if endpoint is Endpoint.MESSAGES else ()
             models = (decision.model, *fallbacks)
         outcome = Outcome()
+        listing = endpoint is Endpoint.MODELS and _path_qs(scope).partition("?")[0] in (
+            "/v1/models", "/v1/models/")
         call = Call(
             method=scope["method"],
             path_qs=_path_qs(scope),
@@ -334,9 +354,19 @@ async def proxy(
             models=models,
             extra_headers=_extra_headers(routed.decision if routed else None, policy),
             reporting=_reporting(routed, requested, policy, endpoint),
+            reroute=reroute,
+            within=MODELS_WITHIN if listing else None,
         )
-        await _forward_watching_client(state, policy, call, receive, exchange, outcome,
-                                       request_id)
+        try:
+            await _forward_watching_client(state, policy, call, receive, exchange, outcome,
+                                           request_id)
+        except (UpstreamTimeout, UpstreamUnavailable, Overloaded):
+            if not (listing and not exchange.started):
+                raise
+            # Claude Code gives a gateway 3 s for its model list: answer from the config.
+            await _send_json(exchange, models_page(policy.config, scope.get(
+                "query_string", b"").decode("latin-1")), request_id)
+            outcome.status = 200
         status = outcome.status
         if routed is not None and routed.conversation is not None \
                 and endpoint is Endpoint.MESSAGES:
@@ -473,6 +503,14 @@ async def _forward_watching_client(
             outcome.status = 499
     finally:
         watcher.cancel()
+
+
+async def _send_json(send: Callable[[dict[str, Any]], Any], body: bytes, rid: str) -> None:
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), (b"request-id", rid.encode()),
+               (b"x-router-source", b"config")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _send_error(send: Callable[[dict[str, Any]], Any], err: RouterError, rid: str) -> None:

@@ -162,18 +162,21 @@ def test_pinned_requests_do_not_fall_back(fake: FakeUpstream, start_proxy: Any) 
 
 def test_thinking_conversations_do_not_fall_back(fake: FakeUpstream, start_proxy: Any) -> None:
     url = start_proxy(policy=tuned(fake.url))
-    history = [{"role": "user", "content": "hi"},
+    # Inside a tool loop whose thinking Sonnet signed, another model would refuse the history.
+    history = [{"role": "user", "content": "list the files"},
                {"role": "assistant", "content": [
                    {"type": "thinking", "thinking": "hmm", "signature": "c2ln"},
-                   {"type": "text", "text": "hello"}]},
-               {"role": "user", "content": "and now?"}]
+                   {"type": "tool_use", "id": "tu_1", "name": "ls", "input": {}}]},
+               {"role": "user", "content": [
+                   {"type": "tool_result", "tool_use_id": "tu_1", "content": "a.py b.py"}]}]
     fake.script(*[Fail(529, "overloaded_error")] * 3)
     status, headers, _ = post(url, json.dumps({
-        "model": "claude-opus-4-7", "max_tokens": 2048, "messages": history,
+        "model": "claude-sonnet-4-6", "max_tokens": 2048, "messages": history,
         "thinking": {"type": "enabled", "budget_tokens": 1024}}).encode())
     assert status == 529
     assert headers["x-router-rule"] == "conversation"
-    assert models_received(fake) == ["claude-opus-4-7"] * 3
+    assert headers["x-router-conversation"] == "tool-loop"
+    assert models_received(fake) == ["claude-sonnet-4-6"] * 3
 
 
 def test_connection_dropped_before_the_answer_is_retried(fake: FakeUpstream, start_proxy: Any
@@ -432,18 +435,20 @@ def test_skipping_an_open_circuit_is_reported_as_a_fallback(fake: FakeUpstream,
 def test_conversation_memory_keeps_the_model_that_answered(fake: FakeUpstream,
                                                            start_proxy: Any) -> None:
     url = start_proxy(policy=tuned(fake.url, "default: opus\n"))
-    first_turn = [{"role": "user", "content": "Think, then answer: 2+2?"}]
-    fake.script(*[Fail(529, "overloaded_error")] * 3, Reply(text="4", thinking="sum"))
+    first_turn = [{"role": "user", "content": "Think, then list the files."}]
+    fake.script(*[Fail(529, "overloaded_error")] * 3,
+                Reply(text="", thinking="ls", tool_use={"id": "tu_1", "name": "ls",
+                                                        "input": {}}))
     client = anthropic.Anthropic(base_url=url, api_key=API_KEY, max_retries=0)
     session = {"x-claude-code-session-id": "s-fallback"}
     raw = client.messages.with_raw_response.create(
         model="claude-opus-4-7", max_tokens=2048, messages=first_turn,
-        thinking={"type": "enabled", "budget_tokens": 1024}, extra_headers=session)
+        thinking={"type": "adaptive"}, extra_headers=session)
     assert raw.headers["x-router-model"] == "claude-sonnet-4-6"  # opus overloaded: fallback
     second = [*first_turn, {"role": "assistant", "content": raw.parse().model_dump()["content"]},
-              {"role": "user", "content": "And 3+3?"}]
+              {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu_1",
+                                            "content": "a.py"}]}]
     client.messages.create(model="claude-opus-4-7", max_tokens=2048, messages=second,
-                           thinking={"type": "enabled", "budget_tokens": 1024},
-                           extra_headers=session)
-    # Sonnet signed the thinking block: the next turn goes back to Sonnet, not Opus.
+                           thinking={"type": "adaptive"}, extra_headers=session)
+    # Sonnet signed the thinking block of the loop: the loop goes on on Sonnet, not Opus.
     assert models_received(fake)[-1] == "claude-sonnet-4-6"

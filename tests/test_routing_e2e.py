@@ -132,21 +132,24 @@ def test_thinking_conversation_stays_on_the_model_that_signed_it(
     url = start_proxy(RULES_V1)
     client = anthropic.Anthropic(base_url=url, api_key=API_KEY, max_retries=0)
     session = {"x-claude-code-session-id": "sess-1"}
-    first_turn = [{"role": "user", "content": "What is 2+2?"}]
-    fake.script(Reply(text="4", thinking="Simple sum."))
-    answer = client.messages.create(model="claude-opus-4-7", max_tokens=2048,
+    first_turn = [{"role": "user", "content": "What is 2+2? Check with the calculator."}]
+    fake.script(Reply(text="", thinking="Simple sum.",
+                      tool_use={"id": "tu_1", "name": "calc", "input": {"expr": "2+2"}}))
+    answer = client.messages.create(model="claude-sonnet-4-6", max_tokens=2048,
                                     thinking={"type": "enabled", "budget_tokens": 1024},
                                     messages=first_turn, extra_headers=session)
     assert fake.received[-1].json()["model"] == "claude-haiku-4-5"
-    # The next turn is hard (a proof), which the rules would send elsewhere, but it carries the
-    # thinking block haiku signed: it must go back to haiku.
+    # The tool result reads like hard work, which the rules would send elsewhere, but the loop
+    # carries the thinking block haiku signed: it must go back to haiku.
     second_turn = [*first_turn, {"role": "assistant", "content": answer.model_dump()["content"]},
-                   {"role": "user", "content": "Now prove there are infinitely many primes, "
-                    "step by step, and analyse the trade-offs of each proof strategy."}]
+                   {"role": "user", "content": [{
+                       "type": "tool_result", "tool_use_id": "tu_1",
+                       "content": "Now prove there are infinitely many primes, step by step, "
+                                  "and analyse the trade-offs of each proof strategy."}]}]
     raw = client.messages.with_raw_response.create(
-        model="claude-opus-4-7", max_tokens=2048, messages=second_turn,
+        model="claude-sonnet-4-6", max_tokens=2048, messages=second_turn,
         thinking={"type": "enabled", "budget_tokens": 1024}, extra_headers=session)
-    assert raw.headers["x-router-rule"] == "conversation"
+    assert raw.headers["x-router-conversation"] == "tool-loop"
     assert fake.received[-1].json()["model"] == "claude-haiku-4-5"
 
 

@@ -100,6 +100,10 @@ def account(record: Record, books: Books) -> None:
         (decision.tier or OTHER) if decision else OTHER)
     rule = metrics.rule_label(decision.rule) if decision else "none"
     metrics.bound(metrics.requests, tier, model, rule, status_label(record)).inc()
+    if decision is not None and record.path.endswith("/messages"):
+        metrics.bound(metrics.conversations, decision.action).inc()
+        if decision.strip:
+            metrics.stripped.inc(len(decision.strip))
 
     if outcome is not None:
         _count_resilience(metrics, outcome)
@@ -145,6 +149,8 @@ def _count_resilience(metrics: Metrics, outcome: Outcome) -> None:
         metrics.bound(metrics.fallbacks, *labels).inc()
     for opened in outcome.breaker_opened:
         metrics.bound(metrics.circuit_opened, metrics.model_label(opened)).inc()
+    if outcome.rerouted_from is not None:
+        metrics.bound(metrics.rerouted, metrics.model_label(outcome.rerouted_from)).inc()
 
 
 def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
@@ -195,6 +201,7 @@ def log_fields(record: Record, tokens: Tokens, cost: Decimal | None) -> dict[str
         fields["model"] = (outcome.model if outcome else None) or record.decision.model
         fields["tier"] = record.decision.tier or OTHER
         fields["rule"] = record.decision.rule
+        fields["conversation"] = record.decision.action
     if outcome is not None:
         if outcome.attempts > 1:
             fields["attempts"] = outcome.attempts

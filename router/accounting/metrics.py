@@ -136,6 +136,22 @@ class Metrics:
         self.circuit_opened = Counter(
             "router_circuit_opened", "Times a model's circuit breaker opened.", ("model",),
             registry=reg)
+        self.conversations = Counter(
+            "router_conversation_decisions",
+            "What the conversation layer did with a request: new, stay, up, down, tool-loop, "
+            "sticky, turn, passthrough, request.", ("action",), registry=reg)
+        self.stripped = Counter(
+            "router_thinking_blocks_stripped",
+            "Thinking blocks removed from a history because another model signed them.",
+            registry=reg)
+        self.rerouted = Counter(
+            "router_reroute_rejected",
+            "Requests the routed model refused with a 400, retried on the requested model.",
+            ("model",), registry=reg)
+        self.state_errors = Counter(
+            "router_state_fallbacks",
+            "Times the shared state store failed and local memory stood in.", ("backend",),
+            registry=reg)
         self.reloads = Counter(
             "router_config_reloads", "Config reload attempts.", ("result",), registry=reg)
         self.config_info = Gauge(

@@ -297,7 +297,9 @@ def _staying(ruled: Decision, policy: Policy, model: str, action: str, why: str,
     signed = bool(conversation.history.signatures)
     fallbacks = () if signed else (ruled.fallbacks if same else tuple(
         m for m in ruled.fallbacks if m != model))
-    return Decision(model, policy.tier_of(model), "conversation", reason, ruled.trace,
+    # When the rules agree, they decided; the conversation only explains a difference.
+    rule = ruled.rule if same else "conversation"
+    return Decision(model, policy.tier_of(model), rule, reason, ruled.trace,
                     fallbacks, action=action, strip=conversation.foreign(model))
 
 

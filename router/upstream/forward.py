@@ -204,6 +204,8 @@ class Outcome:
     """The whole answer reached the client."""
     signatures: list[str] = field(default_factory=list)
     """The answer's thinking signatures, when the call asked for them."""
+    rerouted_from: str | None = None
+    """The routed model that refused the request (400) before it went to the requested one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +224,19 @@ class Call:
     """The x-router-* headers for an answer from a given model."""
     reporting: Reporting = field(default_factory=lambda: Reporting())
     """What to read from, and change in, a successful answer."""
+    reroute: Reroute | None = None
+    """Where to send the client's own request if the routed model refuses it (a 400)."""
+    within: float | None = None
+    """Seconds the whole call may take, when shorter than the configured total."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """The client's request as it came, to send to the model it asked for when the model the
+    router chose refuses it: a routing mistake must never become the client's error."""
+
+    model: str
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +281,7 @@ async def forward(
     """
     primary = call.models[0]
     primary_tier = tier_of(primary) if primary else None
-    total = config.timeouts(primary_tier).total
+    total = _smallest(config.timeouts(primary_tier).total or None, call.within)
     deadline = time.monotonic() + total if total else None
     last: _Failed | None = None
     tried: str | None = None
@@ -291,6 +306,17 @@ async def forward(
                 breakers.settle(model)
         if last is not None and last.response is not None:
             last.response.close()
+        if (call.reroute is not None and model is not None and model != call.reroute.model
+                and response.status == 400
+                and error_type_of_event(await _read_error(response)) == "invalid_request_error"):
+            _let_go(response, reuse=True)
+            outcome.rerouted_from = model
+            own = Call(call.method, call.path_qs, call.headers, call.reroute.body,
+                       call.reroute.model, (call.reroute.model,), call.extra_headers,
+                       call.reporting)
+            await forward(own, upstream, config, tier_of, breakers, send, outcome, request_id,
+                          pricer)
+            return
         extra = call.extra_headers(model)
         if outcome.fallbacks:
             extra.append(("x-router-fallback", "->".join(
