@@ -227,15 +227,52 @@ def render_explanation(report: dict[str, Any]) -> str:
         f"model     {d['model']}  (tier {d['tier']}, requested {d['requested_model']})",
         f"rule      {d['rule']}: {d['reason']}",
         f"config    {report['config']['source']}",
-        "",
-        "rules tried, in order:",
     ]
+    lines += _conversation_lines(d, report.get("conversation"))
+    lines += ["", "rules tried, in order:"]
     for r in report["rules"]:
         mark = "✓" if r["matched"] else "·"
         lines.append(f"  {mark} {r['rule']:<28} {r['effect']:<24} when {r['when']}")
     lines += ["", "features:"]
     lines += [f"  {k:<22} {v}" for k, v in report["features"].items()]
     return "\n".join(lines)
+
+
+_ACTIONS = {
+    "new": "a new conversation: the rules decide",
+    "stay": "the conversation stays on its model",
+    "up": "the conversation moves up: the rules ask for a higher tier",
+    "down": "the conversation moves down: it pays, or its cache is cold",
+    "tool-loop": "inside a tool loop: the model never changes",
+    "sticky": "sticky affinity: the first model holds",
+    "turn": "decided on its own (affinity turn, or its model cannot serve it)",
+    "passthrough": "no tier or rule names the model: sent as asked",
+    "request": "no conversation considered",
+}
+
+
+def _conversation_lines(decision: dict[str, Any], conversation: dict[str, Any] | None
+                        ) -> list[str]:
+    """The plain-words account of what the conversation did, for ``router explain``."""
+    lines = [f"turn      {_ACTIONS.get(decision.get('conversation', ''), '')}"]
+    if decision.get("strip_thinking_blocks"):
+        lines.append(f"          {decision['strip_thinking_blocks']} thinking block(s) another "
+                     "model signed are removed from the history")
+    if decision.get("thinking_off"):
+        lines.append("          thinking is off for this turn: the loop left its model")
+    if conversation is None:
+        return lines
+    caches = ", ".join(f"{m}: {c['tokens']} tokens for {c['expires_in_seconds']} s more"
+                       for m, c in conversation["caches"].items()) or "none warm"
+    lines += [
+        f"conversation {conversation['id']}: {conversation['turns_seen']} turn(s) seen, on "
+        f"{conversation['current_model'] or 'no model yet'}"
+        f"{', inside a tool loop' if conversation['in_tool_loop'] else ''}",
+        f"          cached: {caches}",
+        f"          thinking signatures: {conversation['signatures']} in the history, "
+        f"{conversation['signatures_known']} with a known signer",
+    ]
+    return lines
 
 
 def _fail(message: str) -> NoReturn:

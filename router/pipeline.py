@@ -34,6 +34,7 @@ from router.routing.classify import classify
 from router.routing.conversations import (
     SIGNATURES_LOOKED_UP,
     Conversation,
+    all_signatures,
     caller_of,
     conversation_id,
     decode_state,
@@ -171,23 +172,39 @@ def route(
 
 
 async def load_conversation(store: Store, parsed: Parsed) -> Conversation | None:
-    """Read the state of the conversation a request continues: one store round trip."""
+    """Read the state of the conversation a request continues: one store round trip, and a
+    second only for a history whose thinking more than one model may have signed."""
     messages = parsed.request.messages
     caller = caller_of(parsed.headers)
     cid = conversation_id(caller, parsed.headers, messages)
     if cid is None:
         return None
     history = history_of(messages)
-    signatures = history.signatures[-SIGNATURES_LOOKED_UP:]
-    keys = [state_key(cid), *(signature_key(caller, h) for h in signatures)]
+    values = await _read(store, [state_key(cid),
+                                 *(signature_key(caller, h) for h in history.latest)])
+    state = decode_state(values[0])
+    owners = {h: v.decode() for h, v in zip(history.latest, values[1:], strict=True) if v}
+    signers = set(state.signers) if state else set()
+    if history.latest and (len(signers) != 1 or signers != set(owners.values())):
+        # The history may carry thinking of several models: every signature must be known to
+        # strip the right ones when the conversation moves (or stays).
+        every = all_signatures(messages)[-SIGNATURES_LOOKED_UP:]
+        unknown = [h for h in every if h not in owners]
+        found = await _read(store, [signature_key(caller, h) for h in unknown])
+        owners.update({h: v.decode() for h, v in zip(unknown, found, strict=True) if v})
+        history = dataclasses.replace(history, signatures=every)
+    return Conversation(cid, caller, history, state, owners, time.time())
+
+
+async def _read(store: Store, keys: list[str]) -> list[bytes | None]:
+    if not keys:
+        return []
     try:
-        values = await store.get_many(keys)
+        return await store.get_many(keys)
     except Exception:
         # State is an optimisation of cost, never a reason to fail a request.
         logging.getLogger("router.pipeline").exception({"event": "state_read_failed"})
-        values = [None] * len(keys)
-    owners = {h: v.decode() for h, v in zip(signatures, values[1:], strict=True) if v}
-    return Conversation(cid, caller, history, decode_state(values[0]), owners, time.time())
+        return [None] * len(keys)
 
 
 async def save_conversation(store: Store, conversation: Conversation, outcome: Outcome,
@@ -204,6 +221,7 @@ async def save_conversation(store: Store, conversation: Conversation, outcome: O
         cache_written=usage.cache_creation_input_tokens or 0,
         written_1h=bool(split and split.ephemeral_1h_input_tokens),
         output_tokens=usage.output_tokens or 0,
+        signed=bool(outcome.signatures),
     )
     items = {state_key(conversation.id): encode_state(state)}
     owner = model.encode()

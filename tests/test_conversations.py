@@ -17,6 +17,7 @@ from router.routing.conversations import (
     ConversationState,
     History,
     ModelCache,
+    all_signatures,
     caller_of,
     conversation_id,
     history_of,
@@ -53,7 +54,7 @@ def with_conversations(**changes: object) -> Policy:
 def history(*, signed_by: str | None = None, tool_loop: bool = False, turns: int = 2
             ) -> History:
     signatures = (signature_hash(SIG[signed_by]),) if signed_by else ()
-    return History(tool_loop, signatures, signatures, turns)
+    return History(tool_loop, signatures, signatures)
 
 
 def state(model: str, *, cached: int = 0, ttl: float = 300, expires_in: float = 200,
@@ -141,6 +142,20 @@ def test_a_new_user_turn_after_a_text_answer_is_not_a_tool_loop() -> None:
     ))
     assert not h.in_tool_loop
     assert h.signatures == (signature_hash("R1"),)
+
+
+def test_every_signature_is_found_only_when_asked() -> None:
+    messages = msgs(
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "a",
+                                           "signature": "A"}, {"type": "text", "text": "x"}]},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "b",
+                                           "signature": "B"}, {"type": "text", "text": "y"}]},
+        {"role": "user", "content": "q3"},
+    )
+    assert history_of(messages).latest == (signature_hash("B"),)
+    assert all_signatures(messages) == (signature_hash("A"), signature_hash("B"))
 
 
 # ---------------------------------------------------------------------------- decisions

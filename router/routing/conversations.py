@@ -106,36 +106,47 @@ class History:
 
     in_tool_loop: bool
     """The last turn answers tool calls, or the last assistant turn called a tool."""
-    signatures: tuple[str, ...]
-    """Hashes of the thinking signatures in the history, oldest first, without repeats."""
     latest: tuple[str, ...]
-    """Those of the latest assistant turn that has any."""
-    user_turns: int
+    """Hashes of the thinking signatures of the latest assistant turn that has any."""
+    signatures: tuple[str, ...]
+    """Hashes of every thinking signature in the history, oldest first, without repeats; the
+    pipeline fills it in only when the conversation may mix signers (see
+    :func:`all_signatures`), else it is ``latest``."""
 
 
 def history_of(messages: list[MessageParam]) -> History:
-    """Return the continuity facts of a request's messages."""
-    seen: dict[str, None] = {}
-    latest: tuple[str, ...] = ()
+    """Return the continuity facts of a request's messages, reading from the end: a long tool
+    loop costs what a short one does."""
     last_user: MessageParam | None = None
     last_assistant: MessageParam | None = None
-    user_turns = 0
-    for message in messages:
-        if message.role == "user":
-            last_user = message
-            user_turns += 1
-        elif message.role == "assistant":
-            last_assistant = message
-            if isinstance(message.content, list):
-                found = [signature_hash(s) for b in message.content
-                         if (s := signature_of(b)) is not None]
-                if found:
-                    latest = tuple(found)
-                    seen.update(dict.fromkeys(found))
+    latest: tuple[str, ...] = ()
+    for message in reversed(messages):
         # Trailing or mid-conversation `system` messages are context: they change nothing here.
+        if message.role == "user":
+            last_user = last_user or message
+        elif message.role == "assistant":
+            last_assistant = last_assistant or message
+            latest = _signed(message)
+            if latest:
+                break
     loop = (last_user is not None and _has_block(last_user, "tool_result")) or (
         last_assistant is not None and _has_block(last_assistant, "tool_use"))
-    return History(loop, tuple(seen), latest, user_turns)
+    return History(loop, latest, latest)
+
+
+def all_signatures(messages: list[MessageParam]) -> tuple[str, ...]:
+    """Hashes of every thinking signature in ``messages``, oldest first, without repeats."""
+    seen: dict[str, None] = {}
+    for message in messages:
+        if message.role == "assistant":
+            seen.update(dict.fromkeys(_signed(message)))
+    return tuple(seen)
+
+
+def _signed(message: MessageParam) -> tuple[str, ...]:
+    if not isinstance(message.content, list):
+        return ()
+    return tuple(signature_hash(s) for b in message.content if (s := signature_of(b)) is not None)
 
 
 def _has_block(message: MessageParam, kind: str) -> bool:
@@ -164,11 +175,16 @@ class ConversationState(msgspec.Struct, frozen=True):
     """Running mean of output tokens per answer: the expected size of the next one."""
     caches: dict[str, ModelCache] = {}
     updated_at: float = 0.0
+    signers: tuple[str, ...] = ()
+    """Models that signed thinking in this conversation: more than one means a history that
+    may mix signers, whose every signature must then be checked."""
 
 
 def state_after(state: ConversationState | None, model: str, *, now: float, cache_read: int,
-                cache_written: int, written_1h: bool, output_tokens: int) -> ConversationState:
-    """Return a conversation's state after an answer from ``model`` with the given usage."""
+                cache_written: int, written_1h: bool, output_tokens: int,
+                signed: bool = False) -> ConversationState:
+    """Return a conversation's state after an answer from ``model`` with the given usage
+    (``signed``: the answer carried thinking)."""
     caches = dict(state.caches) if state else {}
     cached = cache_read + cache_written
     if cached:
@@ -180,8 +196,11 @@ def state_after(state: ConversationState | None, model: str, *, now: float, cach
     caches = {m: c for m, c in caches.items() if c.expires_at > now}
     turns = state.turns + 1 if state else 1
     mean = state.output_tokens if state else 0.0
+    signers = state.signers if state else ()
+    if signed and model not in signers:
+        signers = (*signers, model)
     return ConversationState(model, turns, mean + (output_tokens - mean) / min(turns, 8), caches,
-                             now)
+                             now, signers)
 
 
 @dataclass(frozen=True, slots=True)
