@@ -258,8 +258,9 @@ def _conversation_lines(decision: dict[str, Any], conversation: dict[str, Any] |
     if decision.get("strip_thinking_blocks"):
         lines.append(f"          {decision['strip_thinking_blocks']} thinking block(s) another "
                      "model signed are removed from the history")
-    if decision.get("thinking_off"):
-        lines.append("          thinking is off for this turn: the loop left its model")
+    for field in decision.get("dropped", ()):
+        lines.append(f"          {field} is left out of this request: the model does not "
+                     "take it (or the loop left the model that thought)")
     if conversation is None:
         return lines
     caches = ", ".join(f"{m}: {c['tokens']} tokens for {c['expires_in_seconds']} s more"

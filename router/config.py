@@ -152,12 +152,18 @@ class ConversationConfig(_Section, frozen=True, kw_only=True):
     decide every request on its own; ``sticky``: the first decision holds for the whole
     conversation. Tool loops never change model, and thinking signatures always go back to the
     model that signed them, whatever the affinity."""
-    payback_turns: float = 3.0
-    """Turns over which moving a warm conversation down must pay for the cache it rewrites."""
+    payback_turns: float = 2.0
+    """Turns (the move's own included) within which moving a warm conversation down must pay
+    for the cache it rewrites. Short on purpose: a conversation that needed a higher tier once
+    often needs it again, and each move back rewrites its cache."""
     tool_loop_floor: Tier | None = "sonnet"
     """The lowest tier for a user turn that may start a tool loop (tools offered, tool choice
-    not forced): the loop cannot change model once it runs, so its first turn must be able to
-    carry it. ``null`` turns it off."""
+    not forced): the loop cannot change model once it runs. ``null`` turns it off."""
+    large_prefix_tokens: int = 16_000
+    """A conversation whose first turn marks cache breakpoints over at least this many input
+    tokens starts no lower than the tier the client asked for: every later move would rewrite
+    that prefix, so it is written once where it may be needed most, and the conversation
+    moves down only when that pays. 0 turns it off."""
     response_model: ResponseModel = "requested"
     """The ``model`` an answer reports: the one the client asked for (Claude Code drops thinking
     from answers whose model differs, which breaks its cache and tool loops), or the one that

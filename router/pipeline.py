@@ -40,7 +40,7 @@ from router.routing.conversations import (
     decode_state,
     encode_state,
     history_of,
-    rewritten_history,
+    rewritten_body,
     signature_hash,
     signature_key,
     state_after,
@@ -193,7 +193,8 @@ async def load_conversation(store: Store, parsed: Parsed) -> Conversation | None
         found = await _read(store, [signature_key(caller, h) for h in unknown])
         owners.update({h: v.decode() for h, v in zip(unknown, found, strict=True) if v})
         history = dataclasses.replace(history, signatures=every)
-    return Conversation(cid, caller, history, state, owners, time.time())
+    return Conversation(cid, caller, history, state, owners, time.time(),
+                        caching=b'"cache_control"' in parsed.body)
 
 
 async def _read(store: Store, keys: list[str]) -> list[bytes | None]:
@@ -208,7 +209,7 @@ async def _read(store: Store, keys: list[str]) -> list[bytes | None]:
 
 
 async def save_conversation(store: Store, conversation: Conversation, outcome: Outcome,
-                            ttl_seconds: float) -> None:
+                            ttl_seconds: float, estimate: int = 0) -> None:
     """Remember which model answered, what it cached and which thinking it signed."""
     model = outcome.model
     if model is None or outcome.status != 200:
@@ -222,6 +223,8 @@ async def save_conversation(store: Store, conversation: Conversation, outcome: O
         written_1h=bool(split and split.ephemeral_1h_input_tokens),
         output_tokens=usage.output_tokens or 0,
         signed=bool(outcome.signatures),
+        estimate=estimate,
+        uncached=usage.input_tokens or 0,
     )
     items = {state_key(conversation.id): encode_state(state)}
     owner = model.encode()
@@ -260,7 +263,7 @@ def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
             "conversation": decision.action,
             "fallbacks": list(decision.fallbacks),
             "strip_thinking_blocks": len(decision.strip),
-            "thinking_off": decision.thinking_off,
+            "dropped": list(decision.drop),
         },
         "conversation": _conversation_report(routed.conversation),
         "rules": [
@@ -355,8 +358,8 @@ async def proxy(
             if endpoint is Endpoint.MESSAGES and decision.action != "passthrough" \
                     and decision.model != policy.config.resolve_model(requested):
                 reroute = Reroute(requested, body)
-            if decision.strip or decision.thinking_off:
-                body = rewritten_history(body, decision.strip, decision.thinking_off)
+            if decision.strip or decision.drop:
+                body = rewritten_body(body, decision.strip, decision.drop)
             # count_tokens answers for one model: falling back would count for another.
             fallbacks = decision.fallbacks if endpoint is Endpoint.MESSAGES else ()
             models = (decision.model, *fallbacks)
@@ -390,7 +393,8 @@ async def proxy(
                 and endpoint is Endpoint.MESSAGES:
             # The model that answered signed any thinking in it, fallback or not.
             await save_conversation(state.store, routed.conversation, outcome,
-                                    policy.config.conversations.memory_seconds)
+                                    policy.config.conversations.memory_seconds,
+                                    routed.features.input_tokens)
     except ClientGone:
         status = 499
         error_type = "client_disconnected"

@@ -22,7 +22,7 @@ from router.routing.conversations import (
     conversation_id,
     history_of,
     payback,
-    rewritten_history,
+    rewritten_body,
     signature_hash,
     state_after,
 )
@@ -62,7 +62,9 @@ def state(model: str, *, cached: int = 0, ttl: float = 300, expires_in: float = 
     caches = {model: ModelCache(cached, NOW + expires_in, ttl)} if cached else {}
     for other, tokens in (elsewhere or {}).items():
         caches[other] = ModelCache(tokens, NOW + expires_in, ttl)
-    return ConversationState(model, 3, output, caches, NOW - 10)
+    # The last request's estimate and reported input equal the cache: new text is then what the
+    # next request's estimate adds above it.
+    return ConversationState(model, 3, output, caches, NOW - 10, (), cached, cached)
 
 
 def conversation(hist: History, st: ConversationState | None,
@@ -177,7 +179,7 @@ def test_a_tool_loop_whose_model_is_gone_moves_without_thinking() -> None:
                shipped(), conversation=conv, available=lambda m: m != HAIKU)
     assert d.model == SONNET
     assert d.strip == {signature_hash(SIG[HAIKU])}
-    assert d.thinking_off
+    assert d.drop == ("thinking",)
     assert "is unavailable" in d.reason
 
 
@@ -254,7 +256,7 @@ def test_thinking_of_unknown_origin_is_taken_as_the_requested_models() -> None:
 def test_a_user_turn_that_may_start_a_tool_loop_starts_at_the_floor() -> None:
     f = features(complexity="simple", tools=3, tool_choice="auto", requested_model=OPUS)
     d = decide(f, shipped(), conversation=conversation(history(turns=1), None))
-    assert d.model == SONNET and "tool loops start at sonnet" in d.reason
+    assert d.model == SONNET and "may start a tool loop" in d.reason
     forced = features(complexity="simple", tools=1, tool_choice="tool", requested_model=OPUS)
     assert decide(forced, shipped(), conversation=conversation(history(turns=1), None)
                   ).model == HAIKU
@@ -271,20 +273,24 @@ def test_max_tokens_above_a_models_limit_never_reaches_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("thinking", "effort", "beta", "expected"),
+    ("thinking", "effort", "beta", "expected", "dropped"),
     [
-        ({"type": "adaptive"}, "", "", SONNET),           # Haiku 4.5 has no adaptive thinking
-        (None, "high", "", SONNET),                        # nor effort
-        (None, "", "context-1m-2025-08-07", SONNET),       # nor the 1M beta
-        ({"type": "enabled", "budget_tokens": 2048}, "", "", HAIKU),
+        # Haiku 4.5 has neither adaptive thinking nor effort: both are hints a client may drop,
+        # so the request still goes to Haiku, without them.
+        ({"type": "adaptive"}, "", "", HAIKU, ("thinking",)),
+        (None, "high", "", HAIKU, ("effort",)),
+        # The 1M beta is not something to drop: the request moves to a model that takes it.
+        (None, "", "context-1m-2025-08-07", SONNET, ()),
+        ({"type": "enabled", "budget_tokens": 2048}, "", "", HAIKU, ()),
     ],
 )
-def test_capabilities_move_a_request_to_a_model_that_can_serve_it(
-        thinking: dict[str, object] | None, effort: str, beta: str, expected: str) -> None:
+def test_capabilities_move_a_request_or_drop_what_the_model_cannot_take(
+        thinking: dict[str, object] | None, effort: str, beta: str, expected: str,
+        dropped: tuple[str, ...]) -> None:
     f = features(complexity="simple", requested_model=OPUS, effort=effort,
                  thinking=(thinking or {}).get("type", "none"))
     d = decide(f, shipped(), needs=needs_of(f, thinking, beta))  # type: ignore[arg-type]
-    assert d.model == expected
+    assert (d.model, d.drop) == (expected, dropped)
 
 
 def test_enabled_thinking_on_an_adaptive_only_model_moves_down_not_fails() -> None:
@@ -326,8 +332,18 @@ def test_stripping_removes_only_the_named_signatures() -> None:
             {"type": "redacted_thinking", "data": "B"}, {"type": "text", "text": "y"}]},
         {"role": "user", "content": "q3"},
     ]}
-    out = json.loads(rewritten_history(json.dumps(body).encode(),
-                                       frozenset({signature_hash("A")}), thinking_off=True))
+    out = json.loads(rewritten_body(json.dumps(body).encode(),
+                                    frozenset({signature_hash("A")}), ("thinking",)))
     assert out["messages"][1]["content"] == [{"type": "text", "text": "x"}]
     assert out["messages"][3]["content"][0] == {"type": "redacted_thinking", "data": "B"}
     assert "thinking" not in out and out["model"] == OPUS
+
+
+def test_effort_leaves_with_output_config_kept_for_the_rest() -> None:
+    body = {"model": OPUS, "output_config": {"effort": "high", "format": {"type": "json"}},
+            "messages": [{"role": "user", "content": "q"}]}
+    out = json.loads(rewritten_body(json.dumps(body).encode(), frozenset(), ("effort",)))
+    assert out["output_config"] == {"format": {"type": "json"}}
+    alone = {"model": OPUS, "output_config": {"effort": "low"}, "messages": []}
+    assert "output_config" not in json.loads(rewritten_body(json.dumps(alone).encode(),
+                                                            frozenset(), ("effort",)))

@@ -202,6 +202,9 @@ def log_fields(record: Record, tokens: Tokens, cost: Decimal | None) -> dict[str
         fields["tier"] = record.decision.tier or OTHER
         fields["rule"] = record.decision.rule
         fields["conversation"] = record.decision.action
+        if record.decision.rule == "conversation" or record.decision.action in ("up", "down"):
+            # Why a conversation stayed or moved: the arithmetic a platform engineer checks.
+            fields["reason"] = record.decision.reason
     if outcome is not None:
         if outcome.attempts > 1:
             fields["attempts"] = outcome.attempts

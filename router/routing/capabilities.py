@@ -1,8 +1,13 @@
 """Whether a model can serve a request: output limit, context window, thinking, effort, betas.
 
-These are hard limits, like context windows: routing a request to a model that refuses it turns
-a routing choice into the client's error. The table lives in ``router.yaml`` (``models:``); a
-model it does not list is assumed capable, since only the upstream knows better.
+Most are hard limits, like context windows: routing a request to a model that refuses it turns
+a routing choice into the client's error, so the router picks another model. Two are requests
+the API lets a client drop, and the router drops them rather than give up a cheaper model:
+``adaptive`` thinking (the model may skip thinking anyway) and ``output_config.effort`` (a hint;
+without it the model works at its default). Claude Code sends both on every request, so
+treating them as hard would keep every coding turn off Haiku 4.5. The table lives in
+``router.yaml`` (``models:``); a model it does not list is assumed capable, since only the
+upstream knows better.
 """
 
 from __future__ import annotations
@@ -59,13 +64,24 @@ def unmet_limit(model: str, caps: ModelConfig | None, needs: Needs,
         return f"max_tokens {needs.max_tokens} > {caps.max_output_tokens} on {model}"
     if needs.tokens > caps.context_window:
         return f"{needs.tokens} tokens > {model}'s {caps.context_window} window"
-    if needs.thinking in ("enabled", "adaptive") and needs.thinking not in caps.thinking:
-        return f"{model} does not take {needs.thinking} thinking"
+    if needs.thinking == "enabled" and "enabled" not in caps.thinking:
+        return f"{model} does not take enabled thinking"
     if needs.thinking == "disabled" and caps.thinking_required:
         return f"{model} refuses thinking disabled"
-    if needs.effort and needs.effort not in caps.effort:
-        return f"{model} does not take effort {needs.effort}"
     for beta in sorted(needs.betas & model_betas):
         if beta not in caps.betas:
             return f"{model} does not take beta {beta}"
     return None
+
+
+def dropped_for(model: str, caps: ModelConfig | None, needs: Needs) -> tuple[str, ...]:
+    """Return what must leave the request for ``model`` to take it: ``thinking`` (adaptive, on
+    a model without it) and ``effort`` (a level it does not take)."""
+    if caps is None:
+        return ()
+    dropped: list[str] = []
+    if needs.thinking == "adaptive" and "adaptive" not in caps.thinking:
+        dropped.append("thinking")
+    if needs.effort and needs.effort not in caps.effort:
+        dropped.append("effort")
+    return tuple(dropped)

@@ -178,11 +178,17 @@ class ConversationState(msgspec.Struct, frozen=True):
     signers: tuple[str, ...] = ()
     """Models that signed thinking in this conversation: more than one means a history that
     may mix signers, whose every signature must then be checked."""
+    estimate: int = 0
+    """The router's input-token estimate of the last request..."""
+    reported: int = 0
+    """...and the input the API reported for it (uncached, read and written): together they
+    turn the next request's estimate into the API's tokens."""
 
 
 def state_after(state: ConversationState | None, model: str, *, now: float, cache_read: int,
                 cache_written: int, written_1h: bool, output_tokens: int,
-                signed: bool = False) -> ConversationState:
+                signed: bool = False, estimate: int = 0, uncached: int = 0
+                ) -> ConversationState:
     """Return a conversation's state after an answer from ``model`` with the given usage
     (``signed``: the answer carried thinking)."""
     caches = dict(state.caches) if state else {}
@@ -200,7 +206,7 @@ def state_after(state: ConversationState | None, model: str, *, now: float, cach
     if signed and model not in signers:
         signers = (*signers, model)
     return ConversationState(model, turns, mean + (output_tokens - mean) / min(turns, 8), caches,
-                             now, signers)
+                             now, signers, estimate, uncached + cache_read + cache_written)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +220,8 @@ class Conversation:
     owners: Mapping[str, str] = field(default_factory=dict)
     """Known signers: signature hash -> model."""
     now: float = 0.0
+    caching: bool = False
+    """The request marks cache breakpoints: the client means to reuse its prefix."""
 
     def current_model(self) -> str | None:
         """The model the conversation is on: the signer of its latest thinking, else the one it
@@ -258,6 +266,35 @@ class Payback:
                 f"${abs(total):.4f}")
 
 
+def turn_cost(conversation: Conversation, model: str, price: ModelPrice,
+              input_tokens: int) -> float:
+    """Estimated USD of the next turn on ``model``: what its warm cache holds is read, the rest
+    written (at the conversation's cache TTL), and the answer at the usual length."""
+    state = conversation.state
+    if state is None:
+        return 0.0
+    total = _reported_input(state, input_tokens)
+    warm = state.caches.get(model)
+    held = warm.tokens if warm and warm.expires_at > conversation.now else 0
+    held = min(held, total)
+    write = price.cache_write_1h if _long_lived(state) else price.cache_write_5m
+    return (held * price.cache_read + (total - held) * write
+            + state.output_tokens * price.output) / 1e6
+
+
+def _reported_input(state: ConversationState, input_tokens: int) -> int:
+    """This turn's input in the API's tokens: last turn's reported input plus what the
+    estimate grew by since, scaled to the API's tokenizer."""
+    if not state.estimate or not state.reported:
+        return input_tokens
+    scale = state.reported / state.estimate
+    return state.reported + max(int((input_tokens - state.estimate) * scale), 0)
+
+
+def _long_lived(state: ConversationState) -> bool:
+    return any(c.ttl > 300 for c in state.caches.values())
+
+
 def payback(conversation: Conversation, current: str, target: str, input_tokens: int,
             prices: tuple[ModelPrice, ModelPrice], turns: float) -> Payback | None:
     """Return whether moving from ``current`` to the cheaper ``target`` pays, or None when the
@@ -267,23 +304,14 @@ def payback(conversation: Conversation, current: str, target: str, input_tokens:
     if warm is None or warm.expires_at <= conversation.now or state is None:
         return None
     here, there = prices
-    out = state.output_tokens
-    prefix = min(warm.tokens, input_tokens) if input_tokens else warm.tokens
-    new = max(input_tokens - prefix, 0)
-
-    def write(price: ModelPrice) -> float:
-        return price.cache_write_1h if warm.ttl > 300 else price.cache_write_5m
-
-    theirs = state.caches.get(target)
-    reusable = theirs.tokens if theirs and theirs.expires_at > conversation.now else 0
-    reusable = min(reusable, prefix + new)
-    stay = (prefix * here.cache_read + new * write(here) + out * here.output) / 1e6
-    move = (reusable * there.cache_read + (prefix + new - reusable) * write(there)
-            + out * there.output) / 1e6
-    later = ((prefix + new) * (here.cache_read - there.cache_read)
-             + out * (here.output - there.output)) / 1e6
-    total = stay - move + (turns - 1) * later
-    return Payback(total > 0, stay, move, later, turns)
+    stay = turn_cost(conversation, current, here, input_tokens)
+    move = turn_cost(conversation, target, there, input_tokens)
+    total = _reported_input(state, input_tokens)
+    # Once moved, both would read the whole prefix: a later turn saves the price difference.
+    later = (total * (here.cache_read - there.cache_read)
+             + state.output_tokens * (here.output - there.output)) / 1e6
+    saved = stay - move + (turns - 1) * later
+    return Payback(saved > 0, stay, move, later, turns)
 
 
 def strip_signed(body: dict[str, object], drop: Iterable[str]) -> int:
@@ -343,13 +371,18 @@ def decode_state(raw: bytes | None) -> ConversationState | None:
         return None
 
 
-def rewritten_history(body: bytes, strip: frozenset[str], thinking_off: bool) -> bytes:
-    """Return ``body`` without the thinking blocks another model signed (and without
-    ``thinking`` when it must be off); the model name is left for the forward stage to set."""
+def rewritten_body(body: bytes, strip: frozenset[str], drop: tuple[str, ...]) -> bytes:
+    """Return ``body`` without the thinking blocks another model signed, and without the fields
+    in ``drop`` (``thinking``, ``effort``); the model name is left for the forward stage."""
     data = msgspec.json.decode(body)
     if not isinstance(data, dict):
         return body
     strip_signed(data, strip)
-    if thinking_off:
+    if "thinking" in drop:
         data.pop("thinking", None)
+    output = data.get("output_config")
+    if "effort" in drop and isinstance(output, dict):
+        output.pop("effort", None)
+        if not output:
+            data.pop("output_config")
     return msgspec.json.encode(data)

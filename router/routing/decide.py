@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from router.config import TIERS, Config, Tier
-from router.routing.capabilities import Needs, unmet_limit
-from router.routing.conversations import Conversation, payback
+from router.routing.capabilities import Needs, dropped_for, unmet_limit
+from router.routing.conversations import Conversation, payback, turn_cost
 from router.routing.features import Features
 from router.routing.rules import Policy, Rule
 
@@ -59,9 +59,10 @@ class Decision:
     strip: frozenset[str] = frozenset()
     """Hashes of thinking signatures to remove from the history before sending: another model
     signed them."""
-    thinking_off: bool = False
-    """Send this turn without thinking: a tool loop forced off its model with ``enabled``
-    thinking cannot show the new model a thinking block of its own."""
+    drop: tuple[str, ...] = ()
+    """Request fields to remove before sending: ``thinking`` (a tool loop forced off its model
+    with ``enabled`` thinking cannot show the new model a thinking block of its own; adaptive
+    thinking on a model without it) and ``effort`` (a level the model does not take)."""
 
 
 Available = Callable[[str], bool]
@@ -111,7 +112,22 @@ def decide(
     if conversation is not None:
         decision = _with_conversation(decision, features, policy, winner, bounds, needs,
                                       conversation, available)
-    return decision
+    return _adjusted(decision, policy, needs)
+
+
+def _adjusted(decision: Decision, policy: Policy, needs: Needs | None) -> Decision:
+    """``decision`` with what its model cannot take dropped from the request, and said why."""
+    if needs is None:
+        return decision
+    dropped = dropped_for(decision.model, policy.caps_of(decision.model), needs)
+    if not dropped:
+        return decision
+    drop = tuple(dict.fromkeys((*decision.drop, *dropped)))
+    what = " and ".join("adaptive thinking" if d == "thinking" else f"effort {needs.effort}"
+                        for d in dropped)
+    return _replace(decision, drop=drop,
+                    reason=f"{decision.reason}; {what} dropped: {decision.model} does not "
+                           "take it")
 
 
 def _matching(features: Features, policy: Policy, explain: bool
@@ -223,17 +239,16 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
         # The loop's model is gone or cannot serve this turn: leave it, without its thinking.
         moved = _continued(ruled, conversation, action="tool-loop")
         why = "unavailable" if not available(current) else "cannot serve this turn"
+        off = ("thinking",) if features.thinking == "enabled" and moved.strip else ()
         return _replace(moved, reason=f"{moved.reason}; the loop's model {current} is {why}",
-                        thinking_off=features.thinking == "enabled" and bool(
-                            history.signatures))
+                        drop=off)
 
-    floor = settings.tool_loop_floor
+    floor, why = _start_floor(features, conversation, policy)
     target = ruled
-    if (floor and features.tools > 0 and features.tool_choice not in ("tool", "none")
-            and ruled.tier is not None and TIERS.index(ruled.tier) < TIERS.index(floor)):
-        # The loop this turn may start cannot change model once it runs.
+    if (floor is not None and ruled.tier is not None
+            and TIERS.index(ruled.tier) < TIERS.index(floor)):
         lifted = _ruled_to(policy, floor, ruled, bounds, features, needs)
-        target = _replace(lifted, reason=f"{ruled.reason}; tool loops start at {floor} or above")
+        target = _replace(lifted, reason=f"{ruled.reason}; {why}: starts at {floor} or above")
 
     if current is None:
         return _continued(target, conversation, action="new")
@@ -250,8 +265,11 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
         return _continued(target, conversation, action="turn")
     up, down = TIERS.index(target.tier), TIERS.index(here)
     if up > down:
-        return _continued(target, conversation, action="up",
-                          note=f"moved up from {current}: the rules ask for {target.tier}")
+        best = _cheapest_warm(policy, target, bounds, features, needs, conversation, available)
+        note = f"moved up from {current}: the rules ask for {target.tier}"
+        if best.model != target.model:
+            note += f"; {best.model} rather than {target.model}: its cache is warm"
+        return _continued(best, conversation, action="up", note=note)
     if up == down:
         return _staying(target, policy, current, "stay", "same tier as the conversation",
                         conversation)
@@ -269,6 +287,41 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
                           note=math.describe(current, target.model))
     return _staying(target, policy, current, "stay", math.describe(current, target.model),
                     conversation)
+
+
+def _cheapest_warm(policy: Policy, target: Decision, bounds: list[Rule], features: Features,
+                   needs: Needs | None, conversation: Conversation, available: Available
+                   ) -> Decision:
+    """Among the tiers at or above ``target``'s that may serve the turn, the one whose next
+    turn costs least: a higher model whose cache is warm can beat a cold one the rules name."""
+    assert target.tier is not None
+    best, best_cost = target, None
+    for tier in TIERS[TIERS.index(target.tier):]:
+        model = policy.config.tier_model(tier)
+        price = policy.price_of(model)
+        if (price is None or _bounded(tier, bounds) != tier or not available(model)
+                or not _can_serve(policy, model, needs)):
+            continue
+        cost = turn_cost(conversation, model, price, features.input_tokens)
+        if best_cost is None or cost < best_cost:
+            candidate = target if model == target.model else _ruled_to(
+                policy, tier, target, bounds, features, needs)
+            best, best_cost = candidate, cost
+    return best
+
+
+def _start_floor(features: Features, conversation: Conversation, policy: Policy
+                 ) -> tuple[Tier | None, str]:
+    """The lowest tier for a turn whose model will be hard to leave, and why; None if none."""
+    settings = policy.config.conversations
+    if (settings.tool_loop_floor and features.tools > 0
+            and features.tool_choice not in ("tool", "none")):
+        return settings.tool_loop_floor, "it may start a tool loop, which never changes model"
+    requested = policy.tier_of(policy.config.resolve_model(features.requested_model))
+    if (settings.large_prefix_tokens and conversation.state is None and conversation.caching
+            and features.input_tokens >= settings.large_prefix_tokens and requested):
+        return requested, "it opens a conversation over a large cached prefix"
+    return None, ""
 
 
 def _assuming(conversation: Conversation, signer: str | None) -> Conversation:
