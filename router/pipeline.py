@@ -374,7 +374,7 @@ async def proxy(
             requested=requested,
             models=models,
             extra_headers=_extra_headers(routed.decision if routed else None, policy),
-            reporting=_reporting(routed, requested, policy, endpoint),
+            reporting=_reporting(routed, requested, policy, endpoint, state.store),
             reroute=reroute,
             within=MODELS_WITHIN if listing else None,
         )
@@ -389,12 +389,6 @@ async def proxy(
                 "query_string", b"").decode("latin-1")), request_id)
             outcome.status = 200
         status = outcome.status
-        if routed is not None and routed.conversation is not None \
-                and endpoint is Endpoint.MESSAGES:
-            # The model that answered signed any thinking in it, fallback or not.
-            await save_conversation(state.store, routed.conversation, outcome,
-                                    policy.config.conversations.memory_seconds,
-                                    routed.features.input_tokens)
     except ClientGone:
         status = 499
         error_type = "client_disconnected"
@@ -470,14 +464,25 @@ def _header_text(text: str, limit: int = 400) -> str:
 
 
 def _reporting(routed: Routed | None, requested: str | None, policy: Policy,
-               endpoint: Endpoint) -> Reporting:
-    """What the relay reads from and changes in the answer."""
+               endpoint: Endpoint, store: Store) -> Reporting:
+    """What the relay reads from and changes in the answer, and the conversation's save."""
     if routed is None or endpoint is not Endpoint.MESSAGES:
         return Reporting()
     report = policy.config.conversations.response_model == "requested"
+    conversation = routed.conversation
+    answered = None
+    if conversation is not None:
+        ttl = policy.config.conversations.memory_seconds
+        estimate = routed.features.input_tokens
+
+        async def answered(outcome: Outcome) -> None:
+            # The model that answered signed any thinking in it, fallback or not.
+            await save_conversation(store, conversation, outcome, ttl, estimate)
+
     return Reporting(
         model=requested if report and requested != routed.decision.model else None,
-        signatures=routed.conversation is not None,
+        signatures=conversation is not None,
+        answered=answered,
     )
 
 

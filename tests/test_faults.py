@@ -174,7 +174,6 @@ def test_thinking_conversations_do_not_fall_back(fake: FakeUpstream, start_proxy
         "model": "claude-sonnet-4-6", "max_tokens": 2048, "messages": history,
         "thinking": {"type": "enabled", "budget_tokens": 1024}}).encode())
     assert status == 529
-    assert headers["x-router-rule"] == "conversation"
     assert headers["x-router-conversation"] == "tool-loop"
     assert models_received(fake) == ["claude-sonnet-4-6"] * 3
 

@@ -247,6 +247,9 @@ class Reporting:
     """The model name the answer reports instead of the one that answered (None: unchanged)."""
     signatures: bool = False
     """Collect the answer's thinking signatures into ``Outcome.signatures``."""
+    answered: Callable[[Outcome], Awaitable[None]] | None = None
+    """Called once a successful answer is known, before the client has all of it: state saved
+    here is there for the client's next request, whichever worker or replica takes it."""
 
 
 class _Failed(Exception):
@@ -564,6 +567,8 @@ async def relay(
                     outcome.signatures = signatures_of_message(body)
                 if reporting.model is not None:
                     body = reported_as(body, reporting.model)
+                if reporting.answered is not None:
+                    await reporting.answered(outcome)
             if pricer is not None:
                 outcome.cost_usd = pricer(outcome.usage)
                 if outcome.cost_usd is not None:
@@ -642,6 +647,8 @@ async def _relay_stream(
         outcome.upstream_seconds = time.perf_counter() - started
         if tracker.first_content_at is not None:
             outcome.first_token_seconds = tracker.first_content_at - started
+    if reporting is not None and reporting.answered is not None and tracker.error_type is None:
+        await reporting.answered(outcome)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.complete = tracker.error_type is None
 
