@@ -272,8 +272,14 @@ def classify(
     Returns:
         The features routing rules test.
     """
-    scorer = scorer or default_scorer()
     values = measure(parsed, estimate, token_factor=token_factor, requested_tier=requested_tier)
+    return judge(values, scorer or default_scorer(), complexity)
+
+
+def judge(values: dict[str, Any], scorer: Scorer, complexity: ComplexityConfig | None = None
+          ) -> Features:
+    """Score measured feature values and return them as :class:`Features` (``values`` gains
+    ``complexity_score`` and ``complexity``)."""
     score = scorer.score(values)
     values["complexity_score"] = round(score, 1)
     values["complexity"] = scorer.level(score, complexity)

@@ -1,8 +1,10 @@
 """The complexity model: features in, ``complexity_score`` out, and what each feature added.
 
-The model is linear: ``score = intercept + sum(weight * x)``, where each term's ``x`` is one
-feature, optionally capped (``min(x, cap)``), then optionally log-scaled (``log(1 + x)``); a
-string feature enters as an indicator (``x = 1`` when it equals a value). Its weights come from
+The model is linear: ``score = intercept + sum(weight * (x - center))``, where each term's ``x``
+is one feature, optionally capped (``min(x, cap)``), then optionally log-scaled
+(``log(1 + x)``); a string feature enters as an indicator (``x = 1`` when it equals a value).
+Centres are the terms' means on the fitted data, so the intercept is an average request's score
+and each contribution says how far this request's feature moved it from there. Its weights come from
 ``scorer.json`` in this package, which ``scripts/fit-scorer`` writes: an ordinal logistic
 regression fitted on the labelled development set, rescaled so that the score is in points (the
 fit's own boundary between ``haiku`` and ``sonnet`` work sits at 30, between ``sonnet`` and
@@ -45,6 +47,10 @@ class TermSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """For a number: values above this count as this."""
     log: bool = False
     """For a number: use ``log(1 + x)`` (after the cap)."""
+    center: float = 0.0
+    """The term's mean on the data it was fitted on: a contribution is ``weight * (x -
+    center)``, points above or below an average request (the intercept is that request's
+    score)."""
 
 
 class ThresholdSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -81,6 +87,7 @@ class Term:
     equals: str | None
     cap: float | None
     log: bool
+    center: float
 
     @property
     def label(self) -> str:
@@ -90,15 +97,18 @@ class Term:
         name = self.feature if self.cap is None else f"min({self.feature}, {self.cap:g})"
         return f"log(1 + {name})" if self.log else name
 
-    def value(self, raw: Any) -> float:
-        """The term's ``x`` for a feature's value."""
+    def points(self, raw: Any) -> float:
+        """What the term adds for a feature's value: ``weight * (x - center)``."""
         if self.equals is not None:
-            return 1.0 if (raw == self.equals or (type(raw) is tuple and self.equals in raw)) \
+            x = 1.0 if (raw == self.equals or (type(raw) is tuple and self.equals in raw)) \
                 else 0.0
-        x = float(raw)
-        if self.cap is not None and x > self.cap:
-            x = self.cap
-        return math.log1p(x) if self.log else x
+        else:
+            x = float(raw)
+            if self.cap is not None and x > self.cap:
+                x = self.cap
+            if self.log:
+                x = math.log1p(x)
+        return self.weight * (x - self.center)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +137,7 @@ class Scorer:
         """Return ``complexity_score`` for feature values by name (a dict or a mapping view)."""
         total = self.intercept
         for term in self.terms:
-            total += term.weight * term.value(values[term.feature])
+            total += term.points(values[term.feature])
         return total
 
     def level(self, score: float, config: ComplexityConfig | None = None) -> str:
@@ -148,12 +158,13 @@ class Scorer:
     def contributions(self, features: Features) -> list[Contribution]:
         """Return what each term added to the features' score, largest first (zeros left out).
 
-        The intercept and the contributions sum to ``complexity_score`` (before rounding).
+        The intercept (an average request's score) and the contributions sum to
+        ``complexity_score`` (before rounding).
         """
         found = [
-            Contribution(t.label, getattr(features, t.feature),
-                         t.weight * t.value(getattr(features, t.feature)))
+            Contribution(t.label, value, t.points(value))
             for t in self.terms
+            for value in (getattr(features, t.feature),)
         ]
         return sorted((c for c in found if c.points), key=lambda c: -abs(c.points))
 
@@ -184,7 +195,7 @@ def parse_scorer(data: bytes, source: str = SCORER_FILE) -> Scorer:
         problems.append(f"{source}: thresholds.simple_below is above complex_from")
     if problems:
         raise ValueError("; ".join(problems))
-    terms = tuple(Term(t.feature, t.weight, t.equals, t.cap, t.log) for t in spec.terms)
+    terms = tuple(Term(t.feature, t.weight, t.equals, t.cap, t.log, t.center) for t in spec.terms)
     return Scorer(spec.intercept, terms, spec.thresholds.simple_below,
                   spec.thresholds.complex_from, spec)
 
