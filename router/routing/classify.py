@@ -36,7 +36,7 @@ _RESULT_SAMPLE: Final = 1200
 """Characters read from each tool result that is read for failure words."""
 _RESULTS_READ: Final = 8
 """Latest tool results read for failure words (older ones count only when flagged)."""
-_CALLS_COMPARED: Final = 64
+_CALLS_COMPARED: Final = 32
 """Latest tool calls compared for retries and the files they touch."""
 _TARGET_KEYS: Final = frozenset(
     ("path", "file_path", "filepath", "file", "filename", "notebook_path", "url", "uri",
@@ -86,19 +86,26 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
     # One pass over the blocks turns each message into a bit mask; everything else is read
     # from the masks, so a 300-message history costs one cheap loop, not several.
     masks: list[int] = []
-    tool_calls = 0
+    uses: list[int] = []  # tool calls per message
+    flagged: list[int] = []  # tool results flagged is_error per message
     for message in messages:
         content = message.content
         if isinstance(content, str):
             masks.append(_TEXT)
+            uses.append(0)
+            flagged.append(0)
             continue
-        mask = 0
+        mask = calls = errors = 0
         for block in content:
             kind = block.get("type")
             bit = _BLOCK_BITS.get(kind, 0) if isinstance(kind, str) else 0
             mask |= bit
-            tool_calls += bit == _USE
+            calls += bit == _USE
+            errors += bit == _RESULT and block.get("is_error") is True
         masks.append(mask)
+        uses.append(calls)
+        flagged.append(errors)
+    tool_calls = sum(uses)
     roles = [m.role == "user" for m in messages]
     pairs = list(zip(roles, masks, strict=True))
     user_turns = sum(1 for is_user, mask in pairs if is_user and mask & _TEXT)
@@ -139,7 +146,11 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
             task_at = i
             break
         from_history = True
-    loop = _loop_since(messages, masks, task_at)
+    since = 0 if task_at is None else task_at + 1
+    loop_errors = sum(flagged[since:])
+    if latest_user is not None and latest_user >= since:
+        loop_errors += errors - flagged[latest_user]  # the latest results' words were read
+    loop_files, loop_retries = _files_and_retries(messages, masks, since)
     return _Conversation(
         task_content=messages[task_at].content if task_at is not None else None,
         task_from_history=from_history and task_at is not None,
@@ -151,42 +162,28 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
         tool_result_chars=chars,
         tool_loop_depth=depth,
         history_thinking=history_thinking,
-        loop_calls=loop[0],
-        loop_files=loop[1],
-        loop_errors=loop[2],
-        loop_retries=loop[3],
+        loop_calls=sum(uses[since:]),
+        loop_files=loop_files,
+        loop_errors=loop_errors,
+        loop_retries=loop_retries,
     )
 
 
-def _loop_since(
-    messages: Sequence[MessageParam], masks: list[int], task_at: int | None
-) -> tuple[int, int, int, int]:
-    """Return (calls, distinct files, failed results, retried calls) since the task turn.
-
-    Walked from the newest message back, so the bounded parts (failure words are read in the
-    latest results only, files and retries compared over the latest calls only) look at what
-    the model is working on now. Calls and flagged failures are counted in full: a mask test
-    and a dict lookup each.
-    """
-    calls = failed = retries = read = 0
+def _files_and_retries(
+    messages: Sequence[MessageParam], masks: list[int], since: int
+) -> tuple[int, int]:
+    """Return the distinct files the latest calls since message ``since`` touched, and how many
+    of those calls repeat another exactly. Only the latest calls are compared, newest first, so
+    a long loop costs no more than a short one."""
+    compared = retries = 0
     files: set[str] = set()
     seen: set[tuple[Any, ...]] = set()
-    for i in range(len(messages) - 1, -1 if task_at is None else task_at, -1):
-        if not masks[i] & (_USE | _RESULT):
-            continue
+    for i in range(len(messages) - 1, since - 1, -1):
         content = messages[i].content
-        if masks[i] & _RESULT:
-            for block in _results(messages[i]):
-                read += 1
-                text = _result_text(block.get("content")) if read <= _RESULTS_READ else ""
-                failed += _failed(block, text, read=read <= _RESULTS_READ)
         if not masks[i] & _USE or isinstance(content, str):
             continue
         for block in content:
             if block.get("type") not in ("tool_use", "server_tool_use"):
-                continue
-            calls += 1
-            if calls > _CALLS_COMPARED:
                 continue
             arguments = block.get("input")
             key = (block.get("name"), *_call_key(arguments))
@@ -198,7 +195,10 @@ def _loop_since(
                     v[:300] for k, v in arguments.items()
                     if k in _TARGET_KEYS and isinstance(v, str) and v
                 )
-    return calls, len(files), failed, retries
+            compared += 1
+            if compared == _CALLS_COMPARED:
+                return len(files), retries
+    return len(files), retries
 
 
 def _call_key(arguments: Any) -> tuple[Any, ...]:

@@ -109,13 +109,13 @@ class Features:
     loop_calls: int
     """Tool calls since the task turn: the work done so far on the task at hand."""
     loop_files: int
-    """Distinct files, URLs or other targets named by the latest 64 tool calls since the task
+    """Distinct files, URLs or other targets named by the latest 32 tool calls since the task
     turn."""
     loop_errors: int
-    """Tool results since the task turn that failed: flagged ``is_error``, or (the latest 8)
-    reading like a failure."""
+    """Tool results since the task turn that failed: flagged ``is_error``, or (in the latest
+    turn) reading like a failure."""
     loop_retries: int
-    """Tool calls since the task turn (the latest 64) that repeat an earlier call exactly: a step
+    """Tool calls since the task turn (the latest 32) that repeat an earlier call exactly: a step
     retried."""
     images: int
     """Image blocks anywhere in the request."""
