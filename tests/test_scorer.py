@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from router.config import ComplexityConfig, parse_config
+from router.config import ComplexityConfig, ConfigError, parse_config
 from router.parse import parse_messages
 from router.routing.classify import classify
 from router.routing.features import feature_names
@@ -46,7 +47,7 @@ def test_contributions_and_base_add_up_to_the_score() -> None:
     found = scorer.contributions(f)
     assert abs(scorer.intercept + sum(c.points for c in found) - f.complexity_score) < 0.06
     assert "proof" in {c.term for c in found}
-    assert all(abs(a.points) >= abs(b.points) for a, b in zip(found, found[1:], strict=False))
+    assert all(abs(a.points) >= abs(b.points) for a, b in itertools.pairwise(found))
 
 
 def test_thresholds_come_from_the_model_unless_the_config_moves_them() -> None:
@@ -61,7 +62,7 @@ def test_thresholds_come_from_the_model_unless_the_config_moves_them() -> None:
 
 def test_config_rejects_crossed_thresholds() -> None:
     text = config_text("http://x", "complexity: {simple_below: 70, complex_from: 40}\n")
-    with pytest.raises(Exception, match="complexity.simple_below"):
+    with pytest.raises(ConfigError, match=r"complexity\.simple_below"):
         parse_config(text)
 
 
