@@ -158,7 +158,9 @@ def term_value(value: Any, options: Mapping[str, Any]) -> float:
     x = float(value)
     if "cap" in options:
         x = min(x, float(options["cap"]))
-    return float(np.log1p(x)) if options.get("log") else x
+    if options.get("log"):
+        return float(np.log1p(x)) if x > 0 else 0.0
+    return x
 
 
 def design(rows: Sequence[Row]) -> Floats:

@@ -30,6 +30,7 @@ from router.config import ComplexityConfig
 from router.routing.features import Features
 
 SCORER_FILE = "scorer.json"
+_HUGE = 1e300
 """The shipped weights, beside this module."""
 
 
@@ -46,7 +47,7 @@ class TermSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cap: float | None = None
     """For a number: values above this count as this."""
     log: bool = False
-    """For a number: use ``log(1 + x)`` (after the cap)."""
+    """For a number: use ``log(1 + x)`` (after the cap; negative values count as 0)."""
     center: float = 0.0
     """The term's mean on the data it was fitted on: a contribution is ``weight * (x -
     center)``, points above or below an average request (the intercept is that request's
@@ -103,11 +104,15 @@ class Term:
             x = 1.0 if (raw == self.equals or (type(raw) is tuple and self.equals in raw)) \
                 else 0.0
         else:
-            x = float(raw)
+            try:
+                x = float(raw)
+            except OverflowError:  # an integer past float range (a client's max_tokens)
+                x = _HUGE if raw > 0 else -_HUGE
             if self.cap is not None and x > self.cap:
                 x = self.cap
             if self.log:
-                x = math.log1p(x)
+                # Counts are never negative; a bad request's negative one counts as none.
+                x = math.log1p(x) if x > 0 else 0.0
         return self.weight * (x - self.center)
 
 
