@@ -25,6 +25,7 @@ from router.routing.conversations import ConversationMemory, conversation_key
 from router.routing.decide import Decision, decide
 from router.routing.features import Features
 from router.routing.rules import Policy
+from router.routing.scorer import default_scorer
 from router.routing.tokens import FactorLearner, TokenCounter, TokenEstimate
 from router.upstream.forward import Call, Outcome, Send, Upstream, forward, upstream_headers
 from router.upstream.resilience import Breakers, Gate
@@ -120,6 +121,7 @@ def route(
         parsed, estimate,
         token_factor=learner.factor(requested, prior),
         requested_tier=requested_tier or "other",
+        complexity=config.complexity,
     )
     conversation = None
     if features.history_thinking or features.thinking != "none":
@@ -157,8 +159,27 @@ def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
             for t in decision.trace
         ],
         "features": dataclasses.asdict(routed.features),
+        "complexity": complexity_explanation(routed.features, policy),
         "estimate": dataclasses.asdict(routed.estimate),
         "config": {"source": policy.loaded.source, "sha256": policy.loaded.sha256},
+    }
+
+
+def complexity_explanation(features: Features, policy: Policy) -> dict[str, Any]:
+    """Return how ``complexity_score`` was reached: the model's base, what each feature added,
+    and the thresholds that made it a level."""
+    scorer = default_scorer()
+    simple_below, complex_from = scorer.thresholds(policy.config.complexity)
+    return {
+        "score": features.complexity_score,
+        "level": features.complexity,
+        "simple_below": simple_below,
+        "complex_from": complex_from,
+        "base": round(scorer.intercept, 2),
+        "contributions": [
+            {"term": c.term, "value": c.value, "points": round(c.points, 2)}
+            for c in scorer.contributions(features)
+        ],
     }
 
 
