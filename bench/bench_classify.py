@@ -9,17 +9,19 @@ turns of prose, code and tool results) grown until the token counter reports abo
 tokens. *Cold* times use a fresh :class:`TokenCounter` each run, so every block is tokenized;
 *warm* times reuse one counter that has already seen the conversation, which is the steady state
 of a chat or agent loop that resends its history each turn. Parsing (stage 1) is not included.
-The rules are the proposed default policy, evaluated by the real engine when it is importable.
+Each timed run is the whole of stages 2-3 as the proxy runs them: the estimate, ``classify``
+(features and the fitted complexity model) and ``decide`` over the embedded default rules. The
+scorer alone is timed too (its budget is 30 µs).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,9 @@ sys.path.insert(0, str(REPO))
 from router.parse import Parsed, parse_messages  # noqa: E402
 from router.pipeline import DEFER_CHARS  # noqa: E402
 from router.routing.classify import classify  # noqa: E402
-from router.routing.features import Features  # noqa: E402
+from router.routing.decide import decide  # noqa: E402
+from router.routing.rules import load_policy  # noqa: E402
+from router.routing.scorer import default_scorer  # noqa: E402
 from router.routing.tokens import TokenCounter, find_encoding  # noqa: E402
 
 SIZES = (1_000, 8_000, 32_000, 128_000, 200_000)
@@ -106,25 +110,6 @@ def _parse(body: dict[str, Any]) -> Parsed:
     return parse_messages(msgspec.json.encode(body), {"x-app": "cli"})
 
 
-def _router() -> Callable[[Features], object]:
-    """The proposed policy through the real engine, or a no-op while it is not importable."""
-    try:
-        import yaml
-
-        from router.config import default_config_text
-        from router.routing.decide import decide
-        from router.routing.rules import parse_policy
-
-        data = yaml.safe_load(default_config_text())
-        proposed = yaml.safe_load((REPO / "bench" / "proposed_rules.yaml").read_text("utf-8"))
-        if not data.get("rules"):
-            data.update(rules=proposed["rules"], default=proposed["default"])
-        policy = parse_policy(yaml.safe_dump(data), "bench")
-    except Exception:  # the engine is optional for this bench
-        return lambda features: None
-    return lambda features: decide(features, policy)
-
-
 def _ms(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -139,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     encoding, source = find_encoding()
-    route = _router()
-    print(f"encoding: {source}")
+    policy = load_policy(None)  # the embedded default: its rules are always evaluated
+    print(f"encoding: {source}; rules: {len(policy.rules)} of {policy.loaded.source}")
     print(f"{'tokens':>8} {'msgs':>5} {'cold p50':>9} {'cold p99':>9} {'warm p50':>9} "
           f"{'warm p99':>9}   (ms: estimate + classify + rules)")
     for target in (int(s) for s in args.sizes.split(",")):
@@ -152,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             # What the proxy does on the request path: a little new text is approximated and
             # counted exactly in a thread afterwards (not timed: it is off the path).
             estimate = counter.estimate(parsed.request, defer_up_to=DEFER_CHARS)
-            features = classify(parsed, estimate, token_factor=1.0, requested_tier="sonnet")
-            route(features)
+            features = classify(parsed, estimate, token_factor=1.0, requested_tier="sonnet",
+                                complexity=policy.config.complexity)
+            decide(features, policy)
             return time.perf_counter() - t0
 
         cold_runs = max(5, args.runs // 10) if target > 32_000 else args.runs
@@ -168,6 +154,19 @@ def main(argv: list[str] | None = None) -> int:
         w50, w99 = _ms(warm)
         print(f"{tokens:>8} {len(body['messages']):>5} {c50:>9.2f} {c99:>9.2f} {w50:>9.3f} "
               f"{w99:>9.3f}")
+    counter = TokenCounter(encoding, source=source)
+    parsed = _parse(conversation(8_000, counter))
+    features = classify(parsed, counter.estimate(parsed.request), token_factor=1.0,
+                        requested_tier="sonnet")
+    scorer, values = default_scorer(), dataclasses.asdict(features)
+    timings = []
+    for _ in range(max(1000, args.runs * 10)):
+        t0 = time.perf_counter()
+        scorer.score(values)
+        timings.append(time.perf_counter() - t0)
+    s50, s99 = _ms(timings)
+    print(f"scorer alone ({len(scorer.terms)} terms): p50 {s50 * 1000:.1f} µs, "
+          f"p99 {s99 * 1000:.1f} µs")
     return 0
 
 

@@ -1,293 +1,154 @@
-"""Score the router's default policy against a labelled routing set.
+"""Score the router against a labelled routing set: cross-validated, and with the shipped model.
 
 Usage::
 
-    python bench/eval_routing.py [PATH] [--json] [--misses] [--config ROUTER_YAML]
+    python bench/eval_routing.py [PATH] [--config ROUTER_YAML] [--json] [--misses]
 
-PATH defaults to ``../shared/routing-eval/dev.jsonl`` (relative to the repository root). Each
-row's ``request`` goes through the real pipeline stages: ``parse_messages`` ->
-``TokenCounter.estimate`` -> ``classify`` -> ``decide``. The row's ``id``, ``tier`` and ``why`` are
-read only to score the result, never shown to the classifier.
+PATH defaults to ``shared/routing-eval/dev.jsonl`` beside the repository. Every row's request goes
+through the real stages: ``parse_messages`` -> ``TokenCounter.estimate`` -> ``classify`` (its
+``measure`` and ``judge``) -> ``decide`` with the config's compiled rules (the embedded default
+unless ``--config``). The row's ``id``, ``tier`` and ``why`` are read only to score the result.
 
-When ``router.routing.decide`` has no ``decide(features, config)`` yet, the rules in
-``bench/proposed_rules.yaml`` are evaluated by a small local interpreter of the same syntax.
+Two sets of figures:
+
+- **cross-validated** (the honest one): 5 folds stratified by tier; for each, the complexity
+  model is refitted on the other four folds exactly as ``scripts/fit-scorer`` fits the shipped
+  one (thresholds chosen by cross-validation *within* those four), and the held-out fold is
+  routed with it. No request is scored by a model that saw it or its label.
+- **shipped model**: the weights in ``router/routing/scorer.json``, which were fitted on this
+  very set when PATH is the development set: agreement there is not a measure of generalisation.
+
+The conversation step of ``decide`` (a request whose history carries thinking blocks stays on
+the model that signed them) is not what a set of single requests can score: the proxy never
+served their earlier turns. Those rows are routed by the rules, as the first turn of a
+conversation would be, and counted separately.
+
 Metrics follow the set's README: agreement, confusion matrix, under-/over-routing, severe
 under-routing (haiku for an opus label), and cost relative to always-Opus, request-weighted and
-token-weighted (tokens = characters of system, tools and messages / 4, as the README defines).
+token-weighted (tokens = characters of system, tools and messages / 4), beside the same costs
+when routing exactly by the labels.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
-from fnmatch import fnmatchcase
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from router.config import Config, default_config_text, parse_config  # noqa: E402
-from router.parse import parse_messages  # noqa: E402
-from router.routing import decide as decide_module  # noqa: E402
-from router.routing.classify import classify  # noqa: E402
-from router.routing.features import Features  # noqa: E402
-from router.routing.tokens import TokenCounter  # noqa: E402
+from bench import fit_scorer as fit  # noqa: E402
+from router.config import default_config_text  # noqa: E402
+from router.routing.classify import judge  # noqa: E402
+from router.routing.decide import decide  # noqa: E402
+from router.routing.rules import Policy, parse_policy  # noqa: E402
+from router.routing.scorer import Scorer, default_scorer  # noqa: E402
 
-DEFAULT_SET = REPO.parent / "shared" / "routing-eval" / "dev.jsonl"
-PROPOSED_RULES = REPO / "bench" / "proposed_rules.yaml"
-TIERS = ("haiku", "sonnet", "opus")
-PRICE = {"haiku": 1, "sonnet": 3, "opus": 5}
-RANK = {"haiku": 0, "sonnet": 1, "opus": 2}
-
-Router = Callable[[Features], str]
+TIERS = fit.TIERS
 
 
-def readme_tokens(request: Mapping[str, Any]) -> int:
-    """The README's token weight: characters of system, tools and messages divided by 4."""
-    chars = sum(
-        len(json.dumps(request.get(k), ensure_ascii=False))
-        for k in ("system", "tools", "messages")
-        if request.get(k) is not None
-    )
-    return max(1, chars // 4)
-
-
-# -- local stand-in for the rules engine ---------------------------------------------------------
-
-
-def _test(value: Any, test: Any) -> bool:
-    """Apply one feature test of the rule syntax to a feature value."""
-    if isinstance(value, tuple):
-        return any(_test(item, test) for item in value)
-    if isinstance(test, list):
-        return any(_test(value, t) for t in test)
-    if isinstance(test, dict):
-        ops: dict[str, Callable[[Any, Any], bool]] = {
-            "eq": lambda v, a: bool(v == a),
-            "ne": lambda v, a: bool(v != a),
-            "lt": lambda v, a: bool(v < a),
-            "lte": lambda v, a: bool(v <= a),
-            "gt": lambda v, a: bool(v > a),
-            "gte": lambda v, a: bool(v >= a),
-            "in": lambda v, a: v in a,
-            "not_in": lambda v, a: v not in a,
-            "glob": lambda v, a: fnmatchcase(str(v), str(a)),
-            "contains": lambda v, a: str(a) in str(v),
-        }
-        return all(ops[op](value, arg) for op, arg in test.items())
-    if isinstance(test, str) and any(c in test for c in "*?["):
-        return fnmatchcase(str(value), test)
-    return bool(value == test)
-
-
-def _holds(when: Any, features: Features) -> bool:
-    if when is None:
-        return True
-    result = True
-    for key, test in when.items():
-        if key == "all":
-            result &= all(_holds(w, features) for w in test)
-        elif key == "any":
-            result &= any(_holds(w, features) for w in test)
-        elif key == "not":
-            result &= not _holds(test, features)
-        else:
-            result &= _test(getattr(features, key), test)
-    return result
-
-
-def local_router(text: str) -> Router:
-    """Return a router that applies ``rules``/``default`` of config text (tier rules only)."""
-    policy = yaml.safe_load(text)
-    rules = policy.get("rules", [])
-    default = policy.get("default", "sonnet")
-
-    def route(features: Features) -> str:
-        for rule in rules:
-            if _holds(rule.get("when"), features):
-                if rule.get("tier"):
-                    return str(rule["tier"])
-                if rule.get("pin"):
-                    return features.requested_tier
-        return str(default)
-
-    return route
-
-
-def policy_text(config_path: str | None, rules_path: Path | None) -> tuple[str, str]:
-    """Return config text to route by and a label saying where its rules came from.
-
-    The config file (or the embedded default) is used as it is when it has rules and no
-    ``rules_path`` is given; otherwise the ``rules:``/``default:`` of ``rules_path`` (the proposed
-    policy by default) replace its own.
-    """
-    base = Path(config_path).read_text("utf-8") if config_path else default_config_text()
-    data = yaml.safe_load(base) or {}
-    if data.get("rules") and rules_path is None:
-        return base, f"rules of {config_path or 'the embedded default'}"
-    rules_file = rules_path or PROPOSED_RULES
-    policy = yaml.safe_load(rules_file.read_text("utf-8"))
-    data["rules"] = policy.get("rules", [])
-    data["default"] = policy.get("default", "sonnet")
-    return yaml.safe_dump(data, sort_keys=False), f"rules of {rules_file}"
-
-
-def engine_router(text: str, source: str) -> Router | None:
-    """Return a router backed by the real rules engine, or None while it does not exist yet."""
-    decide = getattr(decide_module, "decide", None)
-    try:
-        from router.routing.rules import parse_policy
-    except ImportError:
-        return None
-    if decide is None:
-        return None
-    policy = parse_policy(text, source)
-
-    def route(features: Features) -> str:
-        tier = decide(features, policy).tier
-        return str(tier) if tier else "other"
-
-    return route
-
-
-# -- scoring -------------------------------------------------------------------------------------
-
-
-def requested_tier(config: Config, model: str) -> str:
-    """Tier of the requested model, via the config's member globs."""
-    tier = config.tier_of_model(model)
-    return tier if tier else "other"
-
-
-def evaluate(path: Path, config: Config, route: Router, counter: TokenCounter) -> dict[str, Any]:
-    """Route every row of ``path`` and compute the README's metrics."""
-    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-    results = []
+def route_rows(rows: Sequence[fit.Row], scorer: Scorer, policy: Policy) -> list[tuple[str, float]]:
+    """The tier (or ``other``) the real rules choose for each row, with its score."""
+    routed = []
     for row in rows:
-        request = row["request"]
-        parsed = parse_messages(json.dumps(request).encode(), {})
-        estimate = counter.estimate(parsed.request)
-        tier = requested_tier(config, parsed.request.model)
-        factor = getattr(config.tiers[tier], "token_factor", 1.0) if tier in TIERS else 1.0
-        features = classify(parsed, estimate, token_factor=factor, requested_tier=tier)
-        results.append((row, features, route(features), readme_tokens(request)))
+        features = judge(dict(row.values), scorer, policy.config.complexity)
+        # A set of single requests: route as the conversation's first turn (module docstring).
+        decision = decide(dataclasses.replace(features, history_thinking=False), policy)
+        routed.append((decision.tier or "other", features.complexity_score))
+    return routed
 
-    n = len(results)
+
+def cross_validated(rows: Sequence[fit.Row], policy: Policy) -> list[tuple[str, float]]:
+    """Each row routed by the model fitted (weights and thresholds) without its fold."""
+    x = fit.design(rows)
+    y = np.array([r.label for r in rows])
+    fold_model = fit.nested(rows, x, y)
+    routed: list[tuple[str, float]] = [("", 0.0)] * len(rows)
+    for k in range(fit.FOLDS):
+        test, model = fold_model(k)
+        held = [i for i, t in enumerate(test) if t]
+        for i, result in zip(held, route_rows([rows[i] for i in held], fit.as_scorer(model),
+                                              policy), strict=True):
+            routed[i] = result
+    return routed
+
+
+def report(rows: Sequence[fit.Row], routed: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    """The README's metrics for a routing, with the confusion matrix and the misses."""
+    chosen = [TIERS.index(t) if t in TIERS else 2 for t, _ in routed]  # other: priced as opus
+    labels = [r.label for r in rows]
+    figures = fit.metrics(chosen, labels, [fit.readme_tokens(r.request) for r in rows])
     matrix = {t: {g: 0 for g in (*TIERS, "other")} for t in TIERS}
-    for row, _, got, _ in results:
-        matrix[row["tier"]][got] += 1
-
-    def cost(weight: Callable[[int], int], chosen: Callable[[str, str], str]) -> float:
-        spent = sum(PRICE.get(chosen(r["tier"], g), 5) * weight(k) for r, _, g, k in results)
-        return spent / sum(5 * weight(k) for _, _, _, k in results)
-
-    def rank(tier: str) -> int:
-        return RANK.get(tier, 2)
-
-    return {
-        "path": str(path),
-        "rows": n,
-        "agreement": sum(r["tier"] == g for r, _, g, _ in results) / n,
-        "under": sum(rank(g) < rank(r["tier"]) for r, _, g, _ in results) / n,
-        "severe_under": sum(r["tier"] == "opus" and g == "haiku" for r, _, g, _ in results) / n,
-        "over": sum(rank(g) > rank(r["tier"]) for r, _, g, _ in results) / n,
-        "relative_cost_requests": cost(lambda k: 1, lambda t, g: g),
-        "relative_cost_tokens": cost(lambda k: k, lambda t, g: g),
-        "label_cost_requests": cost(lambda k: 1, lambda t, g: t),
-        "label_cost_tokens": cost(lambda k: k, lambda t, g: t),
-        "confusion": matrix,
-        "misses": [
-            {
-                "id": r["id"],
-                "label": r["tier"],
-                "chosen": g,
-                "score": f.complexity_score,
-                "features": {k: v for k, v in asdict(f).items() if k in _SHOWN},
-            }
-            for r, f, g, _ in results
-            if g != r["tier"]
-        ],
-    }
+    for row, (tier, _) in zip(rows, routed, strict=True):
+        matrix[TIERS[row.label]][tier] += 1
+    figures["confusion"] = matrix
+    figures["held_by_conversation"] = sum(1 for r in rows if r.values["history_thinking"])
+    figures["misses"] = [
+        {"id": r.id, "label": TIERS[r.label], "chosen": tier, "score": score}
+        for r, (tier, score) in zip(rows, routed, strict=True) if tier != TIERS[r.label]
+    ]
+    return figures
 
 
-_SHOWN = (
-    "input_tokens",
-    "max_tokens",
-    "hard_markers",
-    "reasoning_markers",
-    "simple_markers",
-    "proof",
-    "math",
-    "brevity",
-    "steps",
-    "code_lines",
-    "prose_words",
-    "task_chars",
-    "thinking",
-    "effort",
-    "tool_loop_depth",
-    "structured_output",
-)
-
-
-def print_report(report: Mapping[str, Any], *, misses: bool) -> None:
-    """Print the metrics as a person reads them."""
-    print(f"set: {report['path']} ({report['rows']} requests)")
-    print(f"agreement            {report['agreement']:.1%}")
-    print(f"under-routing        {report['under']:.1%}")
-    print(f"severe under (h<-o)  {report['severe_under']:.1%}")
-    print(f"over-routing         {report['over']:.1%}")
-    print(
-        f"relative cost        {report['relative_cost_requests']:.3f} request-weighted, "
-        f"{report['relative_cost_tokens']:.3f} token-weighted"
-    )
-    print(
-        f"label reference      {report['label_cost_requests']:.3f} request-weighted, "
-        f"{report['label_cost_tokens']:.3f} token-weighted"
-    )
-    print("\nconfusion (rows: label, columns: chosen)")
-    print(f"{'':>8}" + "".join(f"{g:>8}" for g in (*TIERS, "other")))
+def print_report(title: str, figures: Mapping[str, Any], *, misses: bool) -> None:
+    """Print one set of figures as a person reads them."""
+    label_r, label_t = figures["label_cost_requests"], figures["label_cost_tokens"]
+    print(f"\n{title} ({figures['rows']} requests)")
+    print(f"  agreement            {figures['agreement']:.1%}")
+    print(f"  under-routing        {figures['under']:.1%}")
+    print(f"  severe under (h<-o)  {figures['severe_under']:.1%}")
+    print(f"  over-routing         {figures['over']:.1%}")
+    print(f"  relative cost        {figures['cost_requests']:.3f} request-weighted "
+          f"({figures['cost_requests'] / label_r:.3f}x labels), {figures['cost_tokens']:.3f} "
+          f"token-weighted ({figures['cost_tokens'] / label_t:.3f}x labels)")
+    print(f"  routing by labels    {label_r:.3f} request-weighted, {label_t:.3f} token-weighted")
+    print("  confusion (rows: label, columns: chosen)")
+    print("  " + f"{'':>8}" + "".join(f"{g:>8}" for g in (*TIERS, "other")))
     for label in TIERS:
-        cells = report["confusion"][label]
-        print(f"{label:>8}" + "".join(f"{cells[g]:>8}" for g in (*TIERS, "other")))
+        cells = figures["confusion"][label]
+        print("  " + f"{label:>8}" + "".join(f"{cells[g]:>8}" for g in (*TIERS, "other")))
     if misses:
-        print("\nmisses")
-        for miss in report["misses"]:
-            print(f"  {miss['label']:>6} -> {miss['chosen']:<6} {miss['score']:5.1f}  {miss['id']}")
-            print(f"         {miss['features']}")
+        for miss in figures["misses"]:
+            print(f"    {miss['label']:>6} -> {miss['chosen']:<6} {miss['score']:6.1f}  "
+                  f"{miss['id']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluation; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", nargs="?", default=str(DEFAULT_SET), help="labelled JSONL")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.add_argument("--misses", action="store_true", help="list misrouted requests")
+    parser.add_argument("path", nargs="?", default=None, help="labelled JSONL")
     parser.add_argument("--config", default=None, help="router.yaml (default: embedded)")
-    parser.add_argument(
-        "--rules", default=None, help="YAML whose rules/default replace the config's own"
-    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--misses", action="store_true", help="list misrouted requests")
     args = parser.parse_args(argv)
-
-    text, rules_label = policy_text(args.config, Path(args.rules) if args.rules else None)
-    loaded = parse_config(text, args.config or "<embedded default>")
-    route = engine_router(text, loaded.source)
-    engine = "router.routing.decide.decide" if route else "local interpreter (no rules engine yet)"
-    if route is None:
-        route = local_router(text)
-    report = evaluate(Path(args.path), loaded.config, route, TokenCounter.load())
-    report = {"policy": f"{engine}, {rules_label}", **report}
+    path = Path(args.path) if args.path else fit.default_set()
+    text = Path(args.config).read_text("utf-8") if args.config else default_config_text()
+    policy = parse_policy(text, args.config or "<embedded default>")
+    rows = fit.load_rows(path)
+    results: dict[str, Callable[[], list[tuple[str, float]]]] = {
+        "cross-validated (5 folds, refitted without the held-out fold)":
+            lambda: cross_validated(rows, policy),
+        "shipped model (fitted on the development set: not a measure of generalisation)":
+            lambda: route_rows(rows, default_scorer(), policy),
+    }
+    figures = {title: report(rows, run()) for title, run in results.items()}
     if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"policy: {report['policy']}")
-        print_report(report, misses=args.misses)
+        print(json.dumps({"path": str(path), "policy": policy.loaded.source, **figures},
+                         indent=2))
+        return 0
+    print(f"set: {path}\npolicy: rules of {policy.loaded.source}, through "
+          "router.routing.decide.decide")
+    held = next(iter(figures.values()))["held_by_conversation"]
+    print(f"({held} rows carry thinking blocks: routed by the rules as a first turn would be)")
+    for title, numbers in figures.items():
+        print_report(title, numbers, misses=args.misses)
     return 0
 
 

@@ -233,6 +233,13 @@ def render_explanation(report: dict[str, Any]) -> str:
     for r in report["rules"]:
         mark = "✓" if r["matched"] else "·"
         lines.append(f"  {mark} {r['rule']:<28} {r['effect']:<24} when {r['when']}")
+    c = report.get("complexity")
+    if c:
+        lines += ["", f"complexity {c['score']:g} -> {c['level']} (simple below "
+                      f"{c['simple_below']:g}, complex from {c['complex_from']:g}): base "
+                      f"{c['base']:+g}, then each feature's points:"]
+        lines += [f"  {t['points']:+7.1f}  {t['term']:<32} {t['value']}"
+                  for t in c["contributions"]]
     lines += ["", "features:"]
     lines += [f"  {k:<22} {v}" for k, v in report["features"].items()]
     return "\n".join(lines)

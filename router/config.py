@@ -139,6 +139,16 @@ class RuleConfig(_Section, frozen=True, kw_only=True):
     """Let this rule move a conversation that carries thinking blocks to another model."""
 
 
+class ComplexityConfig(_Section, frozen=True, kw_only=True):
+    """Where ``complexity_score`` splits into the ``complexity`` levels rules test."""
+
+    simple_below: float | None = None
+    """Scores below this are ``simple``; unset: the fitted model's cross-validated threshold."""
+    complex_from: float | None = None
+    """Scores from this up are ``complex``; unset: the fitted model's cross-validated
+    threshold."""
+
+
 Affinity = Literal["cache", "turn", "sticky"]
 ResponseModel = Literal["requested", "actual"]
 
@@ -251,6 +261,7 @@ class Config(_Section, frozen=True, kw_only=True):
     """Decoded rule by rule (see :class:`RuleConfig`) so that every bad rule is reported."""
     default: str = "sonnet"
     """Where requests no rule routes go: a tier name, a model id, or ``requested`` (keep it)."""
+    complexity: ComplexityConfig = ComplexityConfig()
     conversations: ConversationConfig = ConversationConfig()
     models: dict[str, ModelConfig] = {}
     """Capabilities per model id: what each can serve."""
@@ -401,6 +412,9 @@ def semantic_problems(config: Config) -> list[str]:
         problems.append("upstream.base_url: must start with http:// or https://")
     if config.server.max_body_bytes <= 0:
         problems.append("server.max_body_bytes: must be positive")
+    low, high = config.complexity.simple_below, config.complexity.complex_from
+    if low is not None and high is not None and low > high:
+        problems.append("complexity.simple_below: must not be above complexity.complex_from")
     for name, tier in config.tiers.items():
         if tier.token_factor <= 0:
             problems.append(f"tiers.{name}.token_factor: must be positive")

@@ -49,6 +49,7 @@ from router.routing.conversations import (
 from router.routing.decide import Available, Decision, decide
 from router.routing.features import Features
 from router.routing.rules import Policy
+from router.routing.scorer import default_scorer
 from router.routing.tokens import FactorLearner, TokenCounter, TokenEstimate
 from router.state import Store
 from router.upstream.forward import (
@@ -164,6 +165,7 @@ def route(
         parsed, estimate,
         token_factor=learner.factor(requested, prior),
         requested_tier=requested_tier or "other",
+        complexity=config.complexity,
     )
     needs = needs_of(features, parsed.request.thinking, parsed.headers.get("anthropic-beta", ""))
     decision = decide(features, policy, needs=needs, conversation=conversation,
@@ -271,6 +273,7 @@ def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
             for t in decision.trace
         ],
         "features": dataclasses.asdict(routed.features),
+        "complexity": complexity_explanation(routed.features, policy),
         "estimate": dataclasses.asdict(routed.estimate),
         "config": {"source": policy.loaded.source, "sha256": policy.loaded.sha256},
     }
@@ -293,6 +296,24 @@ def _conversation_report(conversation: Conversation | None) -> dict[str, Any] | 
                     "expires_in_seconds": round(c.expires_at - conversation.now, 1)}
             for model, c in (state.caches.items() if state else ())
         },
+    }
+
+
+def complexity_explanation(features: Features, policy: Policy) -> dict[str, Any]:
+    """Return how ``complexity_score`` was reached: the model's base, what each feature added,
+    and the thresholds that made it a level."""
+    scorer = default_scorer()
+    simple_below, complex_from = scorer.thresholds(policy.config.complexity)
+    return {
+        "score": features.complexity_score,
+        "level": features.complexity,
+        "simple_below": simple_below,
+        "complex_from": complex_from,
+        "base": round(scorer.intercept, 2),
+        "contributions": [
+            {"term": c.term, "value": c.value, "points": round(c.points, 2)}
+            for c in scorer.contributions(features)
+        ],
     }
 
 

@@ -292,3 +292,79 @@ def test_warm_200k_conversation_is_fast(counter: TokenCounter) -> None:
         classify(parsed, warm.estimate(parsed.request), token_factor=1.0, requested_tier="sonnet")
         best = min(best, time.perf_counter() - t0)
     assert best < 0.02  # budget is 2 ms; generous here so a busy CI box does not flake
+
+
+# -- Claude Code traffic -----------------------------------------------------------------------
+
+
+def test_trailing_and_mid_conversation_system_messages_are_context(counter: TokenCounter) -> None:
+    task = "Design the sharding scheme for our multi-region ledger and justify the trade-offs."
+    plain = features(counter, agent_turn(task), system=AGENT_SYSTEM, tools=AGENT_TOOLS,
+                     max_tokens=32000)
+    with_system = features(
+        counter,
+        [{"role": "system", "content": "Session started in /home/dev/ledger."},
+         *agent_turn(task),
+         {"role": "system", "content": "<system-reminder>Context usage: 12%.</system-reminder>"}],
+        system=AGENT_SYSTEM, tools=AGENT_TOOLS, max_tokens=32000,
+    )
+    assert with_system.last_turn == "text" and not with_system.prefill
+    assert not with_system.structured_output
+    assert with_system.task_chars == plain.task_chars == len(task)
+    assert with_system.complexity_score == plain.complexity_score
+
+
+def test_claude_code_headers_become_features(counter: TokenCounter) -> None:
+    headers = {"x-claude-code-request-class": "Subagent", "x-claude-code-agent-id": "agent-7f3a",
+               "x-claude-code-session-id": "s1"}
+    f = features(counter, "list the files", headers=headers)
+    assert f.request_class == "subagent" and f.is_subagent and not f.compaction
+    assert f.agent_id and "7f3a" not in f.agent_id and len(f.agent_id) == 12
+    assert f.agent_id == features(counter, "other", headers=headers).agent_id
+
+    parent = features(counter, "hi", headers={"x-claude-code-parent-agent-id": "p"})
+    assert parent.is_subagent and parent.agent_id == "" and parent.request_class == ""
+    assert features(counter, "hi", headers={"x-claude-code-compaction": "true"}).compaction
+    assert features(counter, "hi",
+                    headers={"x-claude-code-request-class": "compaction"}).compaction
+    bare = features(counter, "hi")
+    assert (bare.request_class, bare.agent_id, bare.is_subagent, bare.compaction) == \
+        ("", "", False, False)
+
+
+def test_prefill_fixes_the_shape_only_when_it_opens_structure(counter: TokenCounter) -> None:
+    ask = {"role": "user", "content": "Summarise the incident for the status page."}
+    heading = features(counter, [ask, {"role": "assistant", "content": "## Summary\n"}])
+    braces = features(counter, [ask, {"role": "assistant", "content": '{"summary": "'}])
+    assert heading.prefill and not heading.structured_output
+    assert braces.prefill and braces.structured_output
+
+
+# -- tool-loop evidence ------------------------------------------------------------------------
+
+
+def test_loop_evidence_counts_work_since_the_task(counter: TokenCounter) -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "earlier question"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "a", "name": "Read", "input": {"file_path": "old.py"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a", "content": "x"}]},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "The import job fails on main. Find out why."},
+    ]
+    calls = [("Bash", {"command": "pytest tests/test_import.py"}, "1 failed", True),
+             ("Read", {"file_path": "src/importer.py"}, "def run(): ...", False),
+             ("Read", {"file_path": "src/schema.py"}, "FIELDS = []", False),
+             ("Bash", {"command": "pytest tests/test_import.py"}, "Traceback: KeyError", False)]
+    for i, (name, arguments, result, flagged) in enumerate(calls):
+        messages.append({"role": "assistant", "content": [
+            {"type": "tool_use", "id": f"t{i}", "name": name, "input": arguments}]})
+        messages.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": f"t{i}", "content": result,
+             **({"is_error": True} if flagged else {})}]})
+    f = features(counter, messages, tools=AGENT_TOOLS)
+    assert f.task_from_history and f.tool_calls == 5
+    assert f.loop_calls == 4  # the read of old.py came before this task
+    assert f.loop_files == 2  # src/importer.py, src/schema.py
+    assert f.loop_retries == 1  # the test run, repeated
+    assert f.loop_errors == 2  # one flagged, the latest reads like a failure

@@ -2,7 +2,8 @@
 
 This is the one place to add a feature: declare the field here with a docstring (``router
 explain`` and ``router check`` show it), then compute it in :mod:`router.routing.classify`. Every
-field is a plain scalar or a tuple of strings, so rules can compare it.
+field is a plain scalar or a tuple of strings, so rules can compare it, and so the complexity model
+(:mod:`router.routing.scorer`) can weigh it: ``router explain`` shows what each one contributed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ from functools import cache
 from typing import Final
 
 COMPLEXITY_LEVELS: Final = ("simple", "moderate", "complex")
-SIMPLE_BELOW: Final = 30.0
-"""``complexity_score`` below this is ``simple``."""
-COMPLEX_FROM: Final = 60.0
-"""``complexity_score`` at or above this is ``complex``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +34,11 @@ class Features:
 
     # -- complexity --
     complexity_score: float
-    """0-100 judgement of how hard the task is; ``complexity`` buckets it (<30 simple,
-    >=60 complex)."""
+    """How hard the task is, in points (about 0-100): the fitted model's sum of the other
+    features' contributions (``router explain`` lists them)."""
     complexity: str
-    """``simple``, ``moderate`` or ``complex``."""
+    """``simple``, ``moderate`` or ``complex``: ``complexity_score`` against the thresholds
+    (``complexity:`` in router.yaml, else the model's cross-validated ones)."""
     hard_markers: int
     """Kinds of specialist depth named in the task (formal methods, concurrency, distributed
     consistency, security analysis, theory, advanced maths/science, algorithm bounds)."""
@@ -58,6 +56,9 @@ class Features:
     """The task asks for a short answer (one word/line, just the number, a few lines)."""
     basics: bool
     """The task is pitched at beginners (a junior, a student, simple terms): textbook level."""
+    generative: bool
+    """The task asks to write, explain, build or change something (not a lookup or a
+    mechanical edit of a short text)."""
     steps: int
     """Distinct asks in the instruction: questions, numbered or bulleted requests, imperative
     sentences."""
@@ -71,8 +72,15 @@ class Features:
     """Characters of the task message's text, in full."""
     task_from_history: bool
     """The latest user turn held only tool results, so the task is an earlier user turn."""
+    system_spec: bool
+    """A short system prompt states a mechanical task ("Classify ... Reply with one word");
+    personas and agent harnesses never do."""
     structured_output: bool
-    """The output is constrained: a JSON schema format, a forced tool choice or a prefill."""
+    """The output's shape is fixed: a JSON schema format, a forced tool choice, or a prefill
+    that opens JSON, XML or a quoted value."""
+    prefill: bool
+    """The last message (system-role messages aside) is the assistant's: the answer's opening
+    is given."""
 
     # -- shape --
     messages: int
@@ -80,8 +88,8 @@ class Features:
     user_turns: int
     """User messages with text (tool-result-only turns excluded)."""
     last_turn: str
-    """What the last message is: ``text`` (user text), ``tool_result`` or ``prefill``
-    (assistant)."""
+    """What the last message is, system-role messages aside: ``text`` (user text),
+    ``tool_result`` or ``prefill`` (assistant)."""
     tools: int
     """Number of tool definitions."""
     tool_names: tuple[str, ...]
@@ -98,6 +106,17 @@ class Features:
     """Characters of text in the latest tool results."""
     tool_loop_depth: int
     """Consecutive trailing rounds of assistant ``tool_use`` answered by user ``tool_result``."""
+    loop_calls: int
+    """Tool calls since the task turn: the work done so far on the task at hand."""
+    loop_files: int
+    """Distinct files, URLs or other targets named by the latest 32 tool calls since the task
+    turn."""
+    loop_errors: int
+    """Tool results since the task turn that failed: flagged ``is_error``, or (in the latest
+    turn) reading like a failure."""
+    loop_retries: int
+    """Tool calls since the task turn (the latest 32) that repeat an earlier call exactly: a step
+    retried."""
     images: int
     """Image blocks anywhere in the request."""
     documents: int
@@ -126,6 +145,18 @@ class Features:
     """``metadata.user_id``."""
     session_id: str
     """The ``x-claude-code-session-id`` header."""
+    request_class: str
+    """The ``x-claude-code-request-class`` header, lower-cased (``main``, ``subagent``,
+    ``workflow``, ``compaction``, ``auxiliary``); empty when absent."""
+    agent_id: str
+    """A short non-reversible hash of ``x-claude-code-agent-id`` (equal ids, equal hashes);
+    empty when absent."""
+    is_subagent: bool
+    """A subagent's request: ``x-claude-code-agent-id`` or ``x-claude-code-parent-agent-id``
+    present, or ``request_class`` is ``subagent``."""
+    compaction: bool
+    """A compaction request: ``x-claude-code-compaction`` is true, or ``request_class`` is
+    ``compaction``."""
     api_key_alias: str
     """Alias of the API key used (not resolved yet: always empty)."""
 
