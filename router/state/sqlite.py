@@ -119,6 +119,8 @@ def _connect(path: Path, *, schema: bool = False) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = NORMAL")
         # Checkpoints sync the disk: they run in a thread (SqliteStore._maintain), not inline.
         db.execute("PRAGMA wal_autocheckpoint = 0")
+        # The WAL is reused after each checkpoint; this truncates it back after a burst.
+        db.execute("PRAGMA journal_size_limit = 67108864")
         if schema:
             db.executescript(SCHEMA)
         db.execute("PRAGMA busy_timeout = 0")
