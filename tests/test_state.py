@@ -390,7 +390,9 @@ def test_redis_calls_take_one_round_trip(redis_server: RedisServer) -> None:
                 took = time.monotonic() - started
                 assert delay <= took < 1.8 * delay, took
             assert await store.get_many(list(keys)) == [b"1", b"2", b"3"]
+        await asyncio.sleep(2 * delay)  # the relays' delayed closes
         proxy.close()
+        await proxy.wait_closed()
 
     run(main())
 

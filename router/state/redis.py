@@ -69,10 +69,8 @@ class RedisStore:
             # Redis is down the fallback to memory is what serves. (A reply lost after Redis
             # ran an ``add`` can count it twice: budgets then err on the side of refusing.)
             retry=Retry(NoBackoff(), 1), retry_on_error=[],
-            # No CLIENT SETINFO on connect: two round trips less for every new connection.
-            lib_name=None, lib_version=None,
         )
-        self._client = aioredis.Redis(connection_pool=pool)
+        self._client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
