@@ -14,16 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import tempfile
 import time
 from typing import Any
 
 import msgspec
 
-from router.config import default_config_text
+from router.config import StateConfig, default_config_text
 from router.parse import parse_messages
 from router.pipeline import load_conversation, route, save_conversation
 from router.routing.rules import parse_policy
 from router.routing.tokens import FactorLearner, TokenCounter
+from router.state import open_store
 from router.upstream.forward import Outcome
 from router.wire import CacheCreation, Usage
 
@@ -49,17 +51,8 @@ def agent_request(turns: int) -> bytes:
     })
 
 
-async def open_backend(name: str) -> Any:
-    from router import state
-
-    if name == "memory":
-        return state.MemoryStore()
-    opener = getattr(state, "open_store", None)
-    if opener is None:
-        raise SystemExit(f"backend {name}: router.state has no open_store")
-    from router.config import StateConfig  # type: ignore[attr-defined]
-
-    return await opener(StateConfig(backend=name))
+async def open_backend(name: str, url: str | None, directory: str) -> Any:
+    return await open_store(StateConfig(backend=name, url=url, dir=directory))
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
@@ -68,7 +61,7 @@ def percentiles(samples: list[float]) -> tuple[float, float, float]:
             statistics.mean(samples))
 
 
-async def run(n: int, backend: str, turns: int) -> None:
+async def run(n: int, backend: str, turns: int, url: str | None) -> None:
     policy = parse_policy(default_config_text())
     counter = TokenCounter.load()
     learner = FactorLearner()
@@ -76,7 +69,8 @@ async def run(n: int, backend: str, turns: int) -> None:
                "anthropic-version": "2023-06-01"}
     parsed = parse_messages(agent_request(turns), headers)
     estimate = counter.estimate(parsed.request)
-    store = await open_backend(backend)
+    directory = tempfile.mkdtemp(prefix="bench-state-")
+    store = await open_backend(backend, url, directory)
     usage = Usage(input_tokens=300, output_tokens=200, cache_read_input_tokens=40_000,
                   cache_creation_input_tokens=900, cache_creation=CacheCreation(900, 0))
     outcome = Outcome(status=200, model="claude-sonnet-4-6", usage=usage,
@@ -106,10 +100,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--backend", default="memory")
     parser.add_argument("--turns", type=int, default=40)
+    parser.add_argument("--url", help="Redis URL for --backend redis")
     args = parser.parse_args()
     print("| store | decide alone p50 / p99 | added p50 | added p99 | added mean | target |")
     print("|---|---:|---:|---:|---:|---|")
-    asyncio.run(run(args.n, args.backend, args.turns))
+    asyncio.run(run(args.n, args.backend, args.turns, args.url))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from router.pipeline import Endpoint, RouterState, explain, proxy
 from router.reload import watching
 from router.routing.rules import Policy, load_policy
 from router.routing.tokens import FactorLearner, TokenCounter
-from router.state import MemoryStore
+from router.state import opened_store
 from router.upstream.forward import Upstream
 from router.upstream.resilience import Breakers, Gate
 
@@ -205,29 +205,34 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
         learner = FactorLearner(priors={t.model: t.token_factor for t in config.tiers.values()})
         books = Books(Metrics(), learner)
         books.configure(policy)
-        state = RouterState(
-            policy=policy,
-            upstream=upstream,
-            counter=TokenCounter.load(),
-            learner=learner,
-            store=MemoryStore(config.conversations.memory_size),
-            books=books,
-            breakers=Breakers(config.upstream.breaker),
-            gate=Gate(config.server.max_in_flight, config.server.max_buffered_bytes),
-        )
-        app.state.router = state
 
-        def install(new: Policy) -> None:
-            books.configure(new)
-            state.policy = new
-
-        def counted(ok: bool) -> None:
-            books.metrics.reloads.labels("ok" if ok else "error").inc()
+        def fell_back(backend: str, error: BaseException) -> None:
+            books.metrics.bound(books.metrics.state_errors, backend).inc()
 
         try:
-            async with watching(config_path, install, config.server.reload_poll_seconds,
-                                counted):
-                yield
+            async with opened_store(config.state, on_fallback=fell_back) as store:
+                state = RouterState(
+                    policy=policy,
+                    upstream=upstream,
+                    counter=TokenCounter.load(),
+                    learner=learner,
+                    store=store,
+                    books=books,
+                    breakers=Breakers(config.upstream.breaker),
+                    gate=Gate(config.server.max_in_flight, config.server.max_buffered_bytes),
+                )
+                app.state.router = state
+
+                def install(new: Policy) -> None:
+                    books.configure(new)
+                    state.policy = new
+
+                def counted(ok: bool) -> None:
+                    books.metrics.reloads.labels("ok" if ok else "error").inc()
+
+                async with watching(config_path, install, config.server.reload_poll_seconds,
+                                    counted):
+                    yield
         finally:
             await upstream.close()
 

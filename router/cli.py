@@ -5,16 +5,22 @@ Arguments, output and exit codes only; the work is done by the modules it calls.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from router.config import ConfigError, config_as_dict, resolve_config_path
 from router.routing.rules import Policy, load_policy
+
+if TYPE_CHECKING:
+    from router.config import StateConfig
+    from router.parse import Parsed
+    from router.routing.conversations import Conversation
 
 CONFIG_HELP = (
     "Config file [default: $ROUTER_CONFIG, else ./router.yaml, else the embedded default]."
@@ -168,8 +174,9 @@ def explain(request_file: Any, config_path: str | None, headers: tuple[str, ...]
     counter = TokenCounter.load()
     config = policy.config
     learner = FactorLearner(priors={t.model: t.token_factor for t in config.tiers.values()})
-    report = explanation(
-        route(parsed, counter.estimate(parsed.request), policy, learner, explain=True), policy)
+    conversation = asyncio.run(_conversation_of(parsed, config.state))
+    report = explanation(route(parsed, counter.estimate(parsed.request), policy, learner,
+                               conversation, explain=True), policy)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -218,6 +225,22 @@ def demo(config_path: str | None, host: str, port: int, rate: float, duration: f
                    err=True)
 
     asyncio.run(serve_demo(policy, host, port, rate, duration, announce))
+
+
+async def _conversation_of(parsed: Parsed, state: StateConfig) -> Conversation | None:
+    """The request's conversation as the server sees it, read from the configured store (the
+    same SQLite file or Redis the server uses); without one, a conversation with no state."""
+    from router.pipeline import load_conversation
+    from router.state import MemoryStore, StateError, open_store
+
+    try:
+        store = await open_store(state)
+    except StateError:
+        store = MemoryStore(state.memory_max_keys)
+    try:
+        return await load_conversation(store, parsed)
+    finally:
+        await store.close()
 
 
 def render_explanation(report: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -180,9 +181,7 @@ class ConversationConfig(_Section, frozen=True, kw_only=True):
     actually answered. ``x-router-model`` always tells the truth."""
     memory_seconds: float = 3600.0
     """How long a conversation's state (model, cache, thinking signatures) is kept after its
-    last request."""
-    memory_size: int = 50_000
-    """Most conversations the in-memory store keeps per worker (the least recently used go)."""
+    last request (in the ``state`` store)."""
 
 
 class ModelConfig(_Section, frozen=True, kw_only=True):
@@ -250,6 +249,37 @@ class BudgetsConfig(_Section, frozen=True, kw_only=True):
     daily_usd: float | None = None
 
 
+class StateConfig(_Section, frozen=True, kw_only=True):
+    """Where conversation state, spend and rate-limit counters live (see ``docs/state.md``).
+    A change takes a restart."""
+
+    backend: Literal["memory", "sqlite", "redis"] = "sqlite"
+    """``sqlite``: one file shared by the workers of a host, kept across restarts; ``redis``:
+    shared by replicas; ``memory``: each worker its own, lost on restart."""
+    dir: str | None = None
+    """Directory of the SQLite file; default $ROUTER_STATE_DIR, else
+    ~/.local/state/claude-router. Created if missing."""
+    url: str | None = None
+    """Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS); the env var
+    ROUTER_STATE_URL overrides it, so that a password can stay out of this file."""
+    on_redis_error: Literal["open", "closed"] = "open"
+    """While Redis is unreachable, budgets and rate limits let requests through (``open``) or
+    refuse them (``closed``). Conversations always go on from local memory."""
+    redis_timeout: float = 1.0
+    """Seconds a Redis call may take before it is served from local memory instead."""
+    redis_retry_seconds: float = 1.0
+    """After Redis failed, seconds before a call tries it again (meanwhile: local memory)."""
+    lock_timeout: float = 0.25
+    """Seconds a worker waits for another's SQLite write lock (its event loop waits too)
+    before the call is served from local memory instead."""
+    max_keys: int = 1_000_000
+    """Most keys in the SQLite file; beyond it the soonest to expire go (checked every
+    minute)."""
+    memory_max_keys: int = 100_000
+    """Most keys held in memory per worker (the memory backend, and the stand-in while Redis
+    or SQLite fails); the least recently used go first."""
+
+
 class Config(_Section, frozen=True, kw_only=True):
     """The whole of ``router.yaml``."""
 
@@ -267,6 +297,7 @@ class Config(_Section, frozen=True, kw_only=True):
     """Capabilities per model id: what each can serve."""
     pricing: PricingConfig | None = None
     budgets: BudgetsConfig = BudgetsConfig()
+    state: StateConfig = StateConfig()
 
     def tier_model(self, tier: Tier) -> str:
         """Return the model id a tier sends to."""
@@ -379,6 +410,11 @@ def parse_config(text: str, source: str = "<string>") -> LoadedConfig:
         config = msgspec.convert(data if data is not None else {}, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(source, [_located(str(exc), lines)]) from exc
+    state_url = os.environ.get("ROUTER_STATE_URL")
+    if state_url:
+        config = msgspec.structs.replace(
+            config, state=msgspec.structs.replace(config.state, url=state_url)
+        )
     problems = semantic_problems(config)
     if problems:
         raise ConfigError(source, problems)
@@ -432,7 +468,47 @@ def semantic_problems(config: Config) -> list[str]:
     ]:
         if retry.attempts is not None and retry.attempts < 1:
             problems.append(f"{scope}.retry.attempts: must be at least 1")
+    return problems + _state_problems(config.state)
+
+
+def _state_problems(state: StateConfig) -> list[str]:
+    problems = []
+    if state.backend == "redis" and not state.url:
+        problems.append("state.url: required with state.backend: redis (or set ROUTER_STATE_URL)")
+    if state.url and (problem := redis_url_problem(state.url)):
+        problems.append(f"state.url: {problem}")
+    for key in ("redis_timeout", "lock_timeout", "max_keys", "memory_max_keys"):
+        if getattr(state, key) <= 0:
+            problems.append(f"state.{key}: must be positive")
+    if state.redis_retry_seconds < 0:
+        problems.append("state.redis_retry_seconds: must not be negative")
     return problems
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Return what is wrong with a Redis URL, or None when it is usable."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in REDIS_SCHEMES:
+        return "must start with " + ", ".join(s + "://" for s in REDIS_SCHEMES)
+    if parts.scheme != "unix" and not parts.hostname:
+        return "names no host"
+    return None
+
+
+def redacted_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***``, for logs and output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 def _key_lines(node: yaml.Node, prefix: str = "$") -> dict[str, int]:
@@ -492,4 +568,6 @@ def _nearest_line(path: str, lines: dict[str, int]) -> int | None:
 def config_as_dict(config: Config) -> dict[str, Any]:
     """Return the config as plain data (for ``router check --json``)."""
     result: dict[str, Any] = msgspec.to_builtins(config)
+    if config.state.url:
+        result["state"]["url"] = redacted_url(config.state.url)
     return result

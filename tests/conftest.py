@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -137,6 +138,13 @@ def running_proxy(policy: Policy, config_path: str | None = None) -> Iterator[st
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's proxies keep conversation state in a directory of their own: the shipped
+    default (SQLite under ~/.local/state) would carry one test's conversations into the next."""
+    monkeypatch.setenv("ROUTER_STATE_DIR", str(tmp_path / "state"))
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -25,44 +23,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import yaml
 
+from tests.debian import ensure_package
+
 SKIP_ENV = "ROUTER_SKIP_PROMETHEUS"
-INSTALL = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-           "apt-get install -y -qq --no-install-recommends prometheus")
 
 T = TypeVar("T")
-
-_found: tuple[str, str] | None = None
-_problem: str | None = None
-
-
-def _locate() -> tuple[str, str] | None:
-    paths = []
-    for name in ("prometheus", "promtool"):
-        path = shutil.which(name) or f"/usr/bin/{name}"
-        if not os.access(path, os.X_OK):
-            return None
-        paths.append(path)
-    return paths[0], paths[1]
-
-
-def _install() -> str | None:
-    """Install Debian's prometheus package; return why it failed, or None."""
-    command = INSTALL
-    if os.geteuid() != 0:
-        if shutil.which("sudo") is None:
-            return "not root and no sudo"
-        command = f"sudo -n sh -c '{INSTALL}'"
-    try:
-        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
-                              timeout=900, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return str(err)
-    if done.returncode != 0:
-        return f"exit {done.returncode}: {(done.stderr or done.stdout).strip()[-2000:]}"
-    return None
 
 
 def ensure_prometheus() -> tuple[str, str]:
@@ -71,22 +38,9 @@ def ensure_prometheus() -> tuple[str, str]:
     Fails the calling test when they cannot be had (skips it instead when
     ``ROUTER_SKIP_PROMETHEUS=1``); the outcome is remembered for the session.
     """
-    global _found, _problem
-    if _found is None and _problem is None:
-        _found = _locate()
-        if _found is None and os.environ.get(SKIP_ENV) != "1":
-            why = _install()
-            _found = _locate()
-            if _found is None:
-                _problem = (
-                    "Prometheus is needed to test the dashboards and alerts, and installing it "
-                    f"failed ({why or 'binaries still missing after install'}). Install it with "
-                    f"`{INSTALL}` (as root), or set {SKIP_ENV}=1 to skip these tests.")
-    if _found is not None:
-        return _found
-    if _problem is not None:
-        pytest.fail(_problem, pytrace=False)
-    pytest.skip(f"{SKIP_ENV}=1 and Prometheus is not installed")
+    prometheus, tool = ensure_package("prometheus", ("prometheus", "promtool"), SKIP_ENV,
+                                      "to test the dashboards and alerts")
+    return prometheus, tool
 
 
 def promtool(args: Sequence[str], stdin: bytes | None = None

@@ -1,0 +1,493 @@
+"""The state store: one behavioural suite run on every backend, then what is particular to each
+(SQLite shared by processes and across restarts; Redis pipelined, down and back)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from click.testing import CliRunner
+
+from router.cli import cli
+from router.config import ConfigError, StateConfig, default_config_text, parse_config
+from router.state import StateError, Store, StoreUnavailable, open_store, opened_store
+from router.state.memory import MemoryStore
+from router.state.sqlite import FILE_NAME, open_sqlite, state_dir
+from tests.prometheus import free_port
+from tests.redis_server import RedisServer, running_redis
+
+T = TypeVar("T")
+BACKENDS = ("memory", "sqlite", "redis")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def state_config(request: pytest.FixtureRequest, tmp_path: Path) -> StateConfig:
+    """A fresh, empty store's config, for each backend."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        with server.client() as client:
+            client.flushall()
+        # A loaded CI machine can lag; these tests are about results, not speed.
+        return StateConfig(backend="redis", url=server.url, redis_timeout=5.0)
+    if request.param == "sqlite":
+        return StateConfig(backend="sqlite", dir=str(tmp_path))
+    return StateConfig(backend="memory")
+
+
+class Fallbacks(list[tuple[str, BaseException]]):
+    """An ``on_fallback`` callback that remembers what it was told."""
+
+    def __call__(self, backend: str, error: BaseException) -> None:
+        self.append((backend, error))
+
+
+# ---- the same behaviour on every backend
+
+
+def test_values_read_back_as_written(state_config: StateConfig) -> None:
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            assert store.name == state_config.backend
+            binary = bytes(range(256))
+            await store.set_many({"a": b"one", "b": binary, "c": b""}, 60)
+            assert await store.get_many(["a", "missing", "b", "c", "a"]) == [
+                b"one", None, binary, b"", b"one"]
+            await store.set_many({"a": b"two"}, 60)
+            assert await store.get_many(["a"]) == [b"two"]
+            assert await store.get_many([]) == []
+            await store.set_many({}, 60)
+
+    run(main())
+
+
+def test_expired_keys_read_as_none(state_config: StateConfig) -> None:
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            await store.set_many({"short": b"s", "long": b"l"}, 0.3)
+            await store.set_many({"long": b"l"}, 60)  # a write renews the time-to-live
+            await store.set_many({"gone": b"g"}, 0)
+            assert await store.get_many(["short", "long"]) == [b"s", b"l"]
+            await asyncio.sleep(0.5)
+            assert await store.get_many(["short", "long", "gone"]) == [None, b"l", None]
+
+    run(main())
+
+
+def test_add_counts_from_zero_and_reads_back_as_digits(state_config: StateConfig) -> None:
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            assert await store.add("n", 5, 60) == 5
+            assert await store.add("n", -7, 60) == -2
+            assert await store.add("n", 0, 60) == -2
+            assert await store.get_many(["n"]) == [b"-2"]
+            await store.set_many({"m": b"40"}, 60)
+            assert await store.add("m", 2, 60) == 42
+            await store.set_many({"text": b"hello", "padded": b"007"}, 60)
+            for key in ("text", "padded"):
+                with pytest.raises(ValueError, match="not an integer"):
+                    await store.add(key, 1, 60)
+            assert await store.get_many(["text"]) == [b"hello"]
+
+    run(main())
+
+
+def test_add_keeps_the_expiry_it_created_the_key_with(state_config: StateConfig) -> None:
+    """A counter is a fixed window: later adds do not push its end back."""
+
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            assert await store.add("window", 1, 0.4) == 1
+            await asyncio.sleep(0.2)
+            assert await store.add("window", 1, 60) == 2
+            await asyncio.sleep(0.35)
+            assert await store.get_many(["window"]) == [None]
+            assert await store.add("window", 1, 60) == 1  # a new window
+
+    run(main())
+
+
+def test_concurrent_adds_each_see_a_distinct_total(state_config: StateConfig) -> None:
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            results = await asyncio.gather(*(store.add("hits", 1, 60) for _ in range(300)))
+            assert sorted(results) == list(range(1, 301))
+            assert await store.get_many(["hits"]) == [b"300"]
+
+    run(main())
+
+
+def test_concurrent_readers_and_writers_see_whole_writes(state_config: StateConfig) -> None:
+    """Many tasks of one worker writing and reading the same keys: every read sees one
+    writer's complete set of values, never a mix."""
+
+    async def writer(store: Store, n: int) -> None:
+        value = str(n).encode()
+        await store.set_many({"x": value, "y": value, "z": value}, 60)
+
+    async def reader(store: Store) -> list[bytes | None]:
+        return await store.get_many(["x", "y", "z"])
+
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            await writer(store, 0)
+            jobs = [writer(store, n) if n % 2 else reader(store) for n in range(200)]
+            reads = [r for r in await asyncio.gather(*jobs) if r is not None]
+            assert reads and all(len(set(r)) == 1 for r in reads)
+
+    run(main())
+
+
+def test_memory_store_forgets_the_least_recently_used_past_its_bound() -> None:
+    async def main() -> None:
+        async with opened_store(StateConfig(backend="memory", memory_max_keys=3)) as store:
+            await store.set_many({"a": b"1", "b": b"2", "c": b"3"}, 60)
+            await store.get_many(["a"])  # now b is the least recently used
+            await store.set_many({"d": b"4"}, 60)
+            assert await store.get_many(["a", "b", "c", "d"]) == [b"1", None, b"3", b"4"]
+
+    run(main())
+
+
+# ---- configuration
+
+
+def test_the_default_config_uses_sqlite_and_router_check_validates_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = parse_config(default_config_text()).config.state
+    assert default.backend == "sqlite" and default.on_redis_error == "open"
+
+    def problems(state_yaml: str) -> list[str]:
+        with pytest.raises(ConfigError) as caught:
+            parse_config(default_config_text() + state_yaml)
+        return caught.value.problems
+
+    assert problems("state: {backend: redis}\n") == [
+        "state.url: required with state.backend: redis (or set ROUTER_STATE_URL)"]
+    assert problems("state: {backend: redis, url: 'http://cache:6379'}\n") == [
+        "state.url: must start with redis://, rediss://, unix://"]
+    assert problems("state: {lock_timeout: 0, on_redis_error: open}\n") == [
+        "state.lock_timeout: must be positive"]
+    [unknown] = problems("state: {bakend: redis}\n")
+    assert unknown.startswith("state.bakend (line ") and "unknown field" in unknown
+    [bad] = problems("state: {on_redis_error: maybe}\n")
+    assert bad.startswith("state.on_redis_error (line ")
+
+    # The password can live in the environment, and `router check --json` never shows it.
+    path = tmp_path / "router.yaml"
+    path.write_text(default_config_text() + "state: {backend: redis}\n")
+    monkeypatch.setenv("ROUTER_STATE_URL", "redis://proxy:hunter2@cache.internal:6379/3")
+    result = CliRunner().invoke(cli, ["check", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    state = json.loads(result.output)["state"]
+    assert state["url"] == "redis://proxy:***@cache.internal:6379/3"
+    assert "hunter2" not in result.output
+
+
+# ---- SQLite
+
+
+def test_sqlite_state_survives_a_restart(tmp_path: Path) -> None:
+    config = StateConfig(backend="sqlite", dir=str(tmp_path / "nested" / "state"))
+
+    async def write() -> None:
+        async with opened_store(config) as store:
+            await store.set_many({"conversation": b"claude-opus-4-7"}, 3600)
+            await store.add("spend", 1234, 3600)
+
+    async def read() -> list[bytes | None]:
+        async with opened_store(config) as store:
+            return await store.get_many(["conversation", "spend"])
+
+    run(write())
+    assert (tmp_path / "nested" / "state" / FILE_NAME).is_file()
+    assert run(read()) == [b"claude-opus-4-7", b"1234"]
+
+
+def test_sqlite_state_dir_comes_from_config_then_env_then_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTER_STATE_DIR", str(tmp_path / "env"))
+    assert state_dir(str(tmp_path / "conf")) == tmp_path / "conf"
+    assert state_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("ROUTER_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert state_dir(None) == tmp_path / "xdg" / "claude-router"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert state_dir(None) == tmp_path / "home" / ".local" / "state" / "claude-router"
+
+
+def test_sqlite_unusable_state_dir_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StateError) as caught:
+        run(open_store(StateConfig(backend="sqlite", dir=str(blocker / "state"))))
+    message = str(caught.value)
+    assert str(blocker / "state") in message and "ROUTER_STATE_DIR" in message
+    not_db = tmp_path / "junk"
+    not_db.mkdir()
+    (not_db / FILE_NAME).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="cannot use the state database"):
+        run(open_store(StateConfig(backend="sqlite", dir=str(not_db))))
+
+
+WORKER = """
+import asyncio, json, sys, time
+from router.config import StateConfig
+from router.state import open_store
+
+async def main(directory, name, start_at, n):
+    # A generous lock wait: on a loaded machine a worker holding the lock can be descheduled
+    # for longer than the default, and this test is about counts, not waits.
+    config = StateConfig(backend="sqlite", dir=directory, lock_timeout=10.0)
+    store = await open_store(config, on_fallback=lambda _, err: sys.exit(f"fell back: {err}"))
+    await store.set_many({"from:" + name: name.encode()}, 60)
+    time.sleep(max(0.0, start_at - time.time()))
+    first = time.time()
+    totals = [await store.add("shared", 1, 60) for _ in range(n)]
+    last = time.time()
+    await asyncio.sleep(0.5)
+    seen = await store.get_many(["from:a", "from:b"])
+    await store.close()
+    print(json.dumps({"totals": totals, "first": first, "last": last,
+                      "seen": [v.decode() if v else None for v in seen]}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+def test_sqlite_is_shared_by_two_processes(tmp_path: Path) -> None:
+    """Two worker processes add to one counter at the same time: no increment is lost or seen
+    twice, and each sees what the other wrote."""
+    n = 3000
+    start_at = time.time() + 3.0
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), name,
+                                 str(start_at), str(n)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name in ("a", "b")]
+    reports = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        reports.append(json.loads(out))
+    a, b = reports
+    assert a["first"] < b["last"] and b["first"] < a["last"], "the workers did not overlap"
+    assert sorted(a["totals"] + b["totals"]) == list(range(1, 2 * n + 1))
+    assert a["seen"] == b["seen"] == ["a", "b"]
+
+    async def read() -> list[bytes | None]:
+        async with opened_store(StateConfig(backend="sqlite", dir=str(tmp_path))) as store:
+            return await store.get_many(["shared"])
+
+    assert run(read()) == [str(2 * n).encode()]
+
+
+def test_sqlite_waits_for_a_held_lock_only_up_to_the_timeout(tmp_path: Path) -> None:
+    """Another process holding the write lock makes a call wait at most ``lock_timeout``; then it is
+    served from memory, told to on_fallback, and the next call uses the file again."""
+    fallbacks = Fallbacks()
+    config = StateConfig(backend="sqlite", dir=str(tmp_path), lock_timeout=0.2)
+
+    async def main() -> None:
+        async with opened_store(config, on_fallback=fallbacks) as store:
+            await store.set_many({"k": b"before"}, 60)
+            holder = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            await store.set_many({"k": b"during"}, 60)
+            assert await store.add("n", 1, 60) == 1
+            waited = time.monotonic() - started
+            assert 0.35 <= waited < 1.0
+            assert [backend for backend, _ in fallbacks] == ["sqlite", "sqlite"]
+            assert all(isinstance(err, StoreUnavailable) and "locked" in str(err)
+                       for _, err in fallbacks)
+            # Reads are not blocked by a writer (WAL): they still see the file.
+            assert await store.get_many(["k"]) == [b"before"]
+            holder.execute("ROLLBACK")
+            holder.close()
+            await store.set_many({"k": b"after"}, 60)
+            assert await store.get_many(["k"]) == [b"after"]
+            assert len(fallbacks) == 2
+
+    run(main())
+
+
+def test_sqlite_purges_expired_rows_and_keeps_to_max_keys(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = open_sqlite(tmp_path, max_keys=500, lock_timeout=0.25)
+        await store.set_many({f"old{i}": b"x" for i in range(300)}, 2.0)
+        expired_at = time.monotonic() + 2.0
+        await store.maintain()  # also waits for the purge the first write started
+        assert store.count() == 300
+        for i in range(700):
+            await store.set_many({f"live{i:04}": b"y"}, 100 + i)
+        assert store.count() == 1000
+        await asyncio.sleep(expired_at - time.monotonic() + 0.1)
+        await store.maintain()
+        assert store.count() == 500
+        # The ones that would have expired first went: the oldest of the live keys.
+        kept = await store.get_many([f"live{i:04}" for i in range(700)])
+        assert kept == [None] * 200 + [b"y"] * 500
+        await store.close()
+
+    run(main())
+
+
+# ---- Redis
+
+
+def test_redis_calls_take_one_round_trip(redis_server: RedisServer) -> None:
+    """Through a link that delays every client-to-Redis packet by 100 ms, get_many, set_many
+    and add of three keys each take one delay, not three."""
+    delay = 0.1
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    pause: float) -> None:
+        loop = asyncio.get_running_loop()
+        while chunk := await reader.read(65536):
+            loop.call_later(pause, writer.write, chunk)
+        loop.call_later(pause, writer.close)
+
+    async def link(client_reader: asyncio.StreamReader,
+                   client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1",
+                                                                     redis_server.port)
+        await asyncio.gather(relay(client_reader, server_writer, delay),
+                             relay(server_reader, client_writer, 0.0),
+                             return_exceptions=True)
+
+    async def main() -> None:
+        proxy = await asyncio.start_server(link, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        config = StateConfig(backend="redis", url=f"redis://127.0.0.1:{port}/0",
+                             redis_timeout=2.0)
+        async with opened_store(config) as store:
+            await store.get_many(["warm-up"])  # the connection's own handshake
+            keys = {"a": b"1", "b": b"2", "c": b"3"}
+            for call in (store.set_many(keys, 60), store.get_many(list(keys)),
+                         store.add("n", 1, 60)):
+                started = time.monotonic()
+                await call
+                took = time.monotonic() - started
+                assert delay <= took < 1.8 * delay, took
+            assert await store.get_many(list(keys)) == [b"1", b"2", b"3"]
+        await asyncio.sleep(2 * delay)  # the relays' delayed closes
+        proxy.close()
+        await proxy.wait_closed()
+
+    run(main())
+
+
+def test_redis_down_falls_back_to_memory_and_recovers(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Kill Redis mid-run: calls keep answering from local memory at once, on_fallback hears
+    of each, nothing shows the password; start Redis again and the store goes back to it."""
+    password = "s3cret-redis-pw"
+    fallbacks = Fallbacks()
+    caplog.set_level(logging.WARNING, logger="router.state")
+    with running_redis(password=password) as server:
+        config = StateConfig(backend="redis", url=server.url, redis_retry_seconds=0.3)
+
+        async def main() -> None:
+            async with opened_store(config, on_fallback=fallbacks) as store:
+                await store.set_many({"k": b"shared"}, 60)
+                assert await store.add("n", 1, 60) == 1
+                assert fallbacks == []
+
+                server.kill()
+                started = time.monotonic()
+                await store.set_many({"k": b"local"}, 60)
+                assert await store.get_many(["k"]) == [b"local"]
+                assert await store.add("n", 5, 60) == 5  # memory starts from nothing
+                for _ in range(100):
+                    await store.get_many(["k"])
+                assert time.monotonic() - started < 0.25  # no call waited for Redis
+                assert len(fallbacks) == 103
+                assert {backend for backend, _ in fallbacks} == {"redis"}
+                with pytest.raises(StoreUnavailable):
+                    await store.strict().add("n", 1, 60)
+
+                server.start()
+                await asyncio.sleep(0.4)
+                await store.set_many({"k": b"shared again"}, 60)
+                assert await store.add("n", 1, 60) == 1
+                assert len(fallbacks) == 103
+                assert await store.strict().get_many(["k"]) == [b"shared again"]
+
+            with server.client() as client:
+                assert client.get("k") == b"shared again"
+
+        run(main())
+    errors = [str(err) for _, err in fallbacks]
+    assert all("127.0.0.1" in e for e in errors)
+    assert password not in caplog.text + " ".join(errors)
+    assert "state_unavailable" in caplog.text and "state_recovered" in caplog.text
+    assert ":***@127.0.0.1" in caplog.text
+
+
+def test_redis_unreachable_at_start_does_not_stop_the_proxy() -> None:
+    fallbacks = Fallbacks()
+    config = StateConfig(backend="redis", url=f"redis://127.0.0.1:{free_port()}/0",
+                         on_redis_error="closed")
+
+    async def main() -> None:
+        async with opened_store(config, on_fallback=fallbacks) as store:
+            assert store.on_error == "closed"
+            await store.set_many({"k": b"v"}, 60)
+            assert await store.get_many(["k"]) == [b"v"]
+            with pytest.raises(StoreUnavailable, match="Error 111 connecting"):
+                await store.strict().get_many(["k"])
+        assert [backend for backend, _ in fallbacks] == ["redis", "redis"]
+
+    run(main())
+
+
+def test_redis_that_does_not_answer_costs_one_timeout() -> None:
+    """A Redis that accepts connections but never answers: opening waits ``redis_timeout`` once,
+    then
+    calls are served from memory at once until the retry."""
+    fallbacks = Fallbacks()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # never accepted: the kernel completes handshakes, nobody answers
+        port = silent.getsockname()[1]
+        config = StateConfig(backend="redis", url=f"redis://127.0.0.1:{port}/0",
+                             redis_timeout=0.2, redis_retry_seconds=60)
+
+        async def main() -> None:
+            started = time.monotonic()
+            async with opened_store(config, on_fallback=fallbacks) as store:
+                opened = time.monotonic() - started
+                assert opened < 1.0
+                started = time.monotonic()
+                for _ in range(50):
+                    await store.set_many({"k": b"v"}, 60)
+                assert time.monotonic() - started < 0.1
+                assert await store.get_many(["k"]) == [b"v"]
+            assert len(fallbacks) == 51
+
+        run(main())
+
+
+def test_memory_store_is_what_the_memory_backend_opens() -> None:
+    store = run(open_store(StateConfig(backend="memory")))
+    assert isinstance(store, MemoryStore) and store.strict() is store
