@@ -275,8 +275,9 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
                         conversation)
     prices = (policy.price_of(current), policy.price_of(target.model))
     if prices[0] is None or prices[1] is None:
-        return _staying(target, policy, current, "stay", "no price to weigh a move down",
-                        conversation)
+        # Without prices the move cannot be shown to cost more: the rules have it.
+        return _continued(target, conversation, action="down",
+                          note=f"moved down from {current}: no price to weigh the move")
     math = payback(conversation, current, target.model, features.input_tokens,
                    (prices[0], prices[1]), settings.payback_turns)
     if math is None:
