@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 
-from router.fake.upstream import FakeUpstream, Received, Reply
+from router.fake import FakeUpstream, Received, Reply
 from tests.conftest import API_KEY
 from tests.node_clients import ClaudeRun, NodeClients, run_claude
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from router.fake.upstream import Behaviour, Fail, FakeUpstream, Received, Reply, StreamError
+from router.fake import Behaviour, Fail, FakeUpstream, Received, Reply, StreamError
 from tests.conftest import API_KEY, make_policy, without_retries
 from tests.node_clients import NodeClients, run_sdk
 
