@@ -21,6 +21,7 @@ from router.config import LoadedConfig, RetryConfig, default_config_text
 from router.fake import FakeUpstream, running_fake
 from router.pipeline import RouterState
 from router.routing.rules import Policy, parse_policy
+from tests.node_clients import NodeClients, ensure_clients
 
 API_KEY = "sk-ant-test-0123456789abcdef"
 T = TypeVar("T")
@@ -180,3 +181,10 @@ def start_proxy(fake_server: FakeUpstream) -> Iterator[Callable[..., str]]:
             return stack.enter_context(running_proxy(chosen, config_path))
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def node_clients() -> NodeClients:
+    """The TypeScript SDK and the Claude Code CLI from npm, installed once (see
+    ``tests/node_clients.py``)."""
+    return ensure_clients()
