@@ -26,7 +26,7 @@ import pytest
 from aiohttp import ClientSession, web
 
 from router.fake import FakeUpstream, Received, Reply
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, make_policy
 from tests.node_clients import ClaudeRun, NodeClients, run_claude
 
 CLAUDE_VERSION = "2.1.332"
@@ -358,3 +358,63 @@ def test_thinking_from_another_model_is_dropped_on_resume(claude: Claude, fake: 
     kept = [b for m in resumed.json()["messages"] if m["role"] == "assistant"
             for b in m["content"] if b["type"] == "thinking"]
     assert kept == [now_answer]
+
+
+# ------------------------------------------------------------------ routed, shipped router.yaml
+
+
+@pytest.fixture()
+def routing_proxy(fake: FakeUpstream, start_proxy: Callable[..., str]) -> str:
+    """A proxy that routes by the shipped router.yaml (rules, conversations, capabilities)."""
+    return start_proxy(policy=make_policy(fake.url, None))
+
+
+@pytest.mark.parametrize(("model", "thinking"), [("claude-opus-4-8", "adaptive"),
+                                                 ("claude-haiku-4-5", "enabled")])
+def test_a_routed_tool_loop_stays_on_one_model_with_its_cache_warm(
+        claude: Claude, fake: FakeUpstream, routing_proxy: str, home: Path, model: str,
+        thinking: str) -> None:
+    note = home / "work" / "note.txt"
+    note.write_text("the marker is 7f3a9c\n")
+    fake.script(
+        Reply(text="", thinking="I should read the note.",
+              tool_use={"name": "Read", "input": {"file_path": str(note)}}),
+        Reply(text="The marker is 7f3a9c."),
+    )
+    run = claude(routing_proxy, "-p", "What does note.txt say?", "--output-format", "json",
+                 "--allowedTools", "Read", "--model", model, env=HINTS)
+    result = run.result()
+    assert result["result"] == "The marker is 7f3a9c."
+    first, second = messages_requests(fake)
+    assert first.json()["thinking"]["type"] == thinking or "thinking" not in first.json()
+    # Routed: a trivial ask, but a tool loop starts at Sonnet (the floor), and Sonnet 4.6 takes
+    # both thinking types. Then never switched inside the loop.
+    routed = first.json()["model"]
+    assert routed == "claude-sonnet-4-6"
+    assert second.json()["model"] == routed
+    # Claude Code kept the signed thinking block: the answer reported the model it asked for.
+    assistant = next(m for m in second.json()["messages"] if m["role"] == "assistant")
+    assert assistant["content"][:1] == thinking_sent(fake.sent[0])
+    assert sse_data(fake.sent[0])[0]["message"]["model"] == routed
+    # The second turn read what the first wrote.
+    written, read = fake.billed[0], fake.billed[1]
+    assert read["cache_read_input_tokens"] >= written["cache_creation_input_tokens"] > 0
+
+
+def test_max_output_above_a_models_limit_does_not_break_claude_code(
+        claude: Claude, fake: FakeUpstream, routing_proxy: str) -> None:
+    # CLAUDE_CODE_MAX_OUTPUT_TOKENS=100000 on a trivial ask: the rules would pick Haiku, whose
+    # limit is 64,000; the request must go to a model that takes it.
+    env = {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "100000"}
+    result = claude(routing_proxy, "-p", "Translate 'bonjour' to English.", "--output-format",
+                    "json", "--model", "claude-opus-4-7", env=env).result()
+    assert result["is_error"] is False
+    (request,) = messages_requests(fake)
+    assert request.json()["max_tokens"] == 100000
+    assert request.json()["model"] != "claude-haiku-4-5"
+
+
+def test_an_unknown_model_reaches_the_upstream_untouched(
+        claude: Claude, fake: FakeUpstream, routing_proxy: str) -> None:
+    claude(routing_proxy, "-p", "hi", "--output-format", "json", "--model", "gpt-4o")
+    assert [r.json()["model"] for r in messages_requests(fake)][:1] == ["gpt-4o"]
