@@ -387,8 +387,8 @@ def test_a_routed_tool_loop_stays_on_one_model_with_its_cache_warm(
     assert result["result"] == "The marker is 7f3a9c."
     first, second = messages_requests(fake)
     assert first.json()["thinking"]["type"] == thinking or "thinking" not in first.json()
-    # Routed: a trivial ask, but a tool loop starts at Sonnet (the floor), and Sonnet 4.6 takes
-    # both thinking types. Then never switched inside the loop.
+    # Routed to Sonnet (asked of Opus: a turn that may start a tool loop starts at Sonnet or
+    # above; asked of Haiku: the rules judge the ask everyday work), never switched in the loop.
     routed = first.json()["model"]
     assert routed == "claude-sonnet-4-6"
     assert second.json()["model"] == routed

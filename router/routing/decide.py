@@ -313,14 +313,20 @@ def _cheapest_warm(policy: Policy, target: Decision, bounds: list[Rule], feature
 
 def _start_floor(features: Features, conversation: Conversation, policy: Policy
                  ) -> tuple[Tier | None, str]:
-    """The lowest tier for a turn whose model will be hard to leave, and why; None if none."""
+    """The lowest tier for a turn whose model will be hard to leave, and why; None if none.
+
+    Never above the requested tier: the floor protects what the client would have had going
+    direct, it does not buy more."""
     settings = policy.config.conversations
+    requested = policy.tier_of(policy.config.resolve_model(features.requested_model))
+    if requested is None:
+        return None, ""
     if (settings.tool_loop_floor and features.tools > 0
             and features.tool_choice not in ("tool", "none")):
-        return settings.tool_loop_floor, "it may start a tool loop, which never changes model"
-    requested = policy.tier_of(policy.config.resolve_model(features.requested_model))
+        floor = min(settings.tool_loop_floor, requested, key=TIERS.index)
+        return floor, "it may start a tool loop, which never changes model"
     if (settings.large_prefix_tokens and conversation.state is None and conversation.caching
-            and features.input_tokens >= settings.large_prefix_tokens and requested):
+            and features.input_tokens >= settings.large_prefix_tokens):
         return requested, "it opens a conversation over a large cached prefix"
     return None, ""
 
