@@ -195,8 +195,9 @@ async def load_conversation(store: Store, parsed: Parsed) -> Conversation | None
         found = await _read(store, [signature_key(caller, h) for h in unknown])
         owners.update({h: v.decode() for h, v in zip(unknown, found, strict=True) if v})
         history = dataclasses.replace(history, signatures=every)
-    return Conversation(cid, caller, history, state, owners, time.time(),
-                        caching=b'"cache_control"' in parsed.body)
+    # Only a first turn asks whether the client caches (a scan of the whole body).
+    caching = state is None and b'"cache_control"' in parsed.body
+    return Conversation(cid, caller, history, state, owners, time.time(), caching=caching)
 
 
 async def _read(store: Store, keys: list[str]) -> list[bytes | None]:
