@@ -193,7 +193,8 @@ class ModelConfig(_Section, frozen=True, kw_only=True):
     max_output_tokens: int
     """The largest ``max_tokens`` it accepts."""
     thinking: tuple[str, ...] = ("enabled",)
-    """The ``thinking.type`` values it accepts besides ``disabled`` (``enabled``, ``adaptive``)."""
+    """The ``thinking.type`` values it accepts besides ``disabled`` (``enabled``, ``adaptive``,
+    ``between_tools``)."""
     thinking_required: bool = False
     """It refuses ``thinking: {type: disabled}``."""
     effort: tuple[str, ...] = ()
@@ -438,10 +439,10 @@ def semantic_problems(config: Config) -> list[str]:
         if caps.context_window <= 0 or caps.max_output_tokens <= 0:
             problems.append(f"models.{model}: context_window and max_output_tokens must be "
                             "positive")
-        bad = sorted(set(caps.thinking) - {"enabled", "adaptive"})
+        bad = sorted(set(caps.thinking) - {"enabled", "adaptive", "between_tools"})
         if bad:
             problems.append(f"models.{model}.thinking: unknown type {bad[0]!r} "
-                            "(enabled, adaptive)")
+                            "(enabled, adaptive, between_tools)")
     if config.conversations.payback_turns < 0:
         problems.append("conversations.payback_turns: must not be negative")
     if not config.upstream.base_url.startswith(("http://", "https://")):

@@ -347,3 +347,23 @@ def test_effort_leaves_with_output_config_kept_for_the_rest() -> None:
     alone = {"model": OPUS, "output_config": {"effort": "low"}, "messages": []}
     assert "output_config" not in json.loads(rewritten_body(json.dumps(alone).encode(),
                                                             frozenset(), ("effort",)))
+
+
+def test_the_shipped_capabilities_agree_with_the_upstreams_catalogue() -> None:
+    """router.yaml's `models:` says what each model serves; the fake serves the catalogue of
+    the wire spec (GET /v1/models). A model listed in both must agree on every hard limit."""
+    from router.fake.catalogue import CATALOGUE
+
+    policy = shipped()
+    compared = 0
+    for spec in CATALOGUE:
+        caps = policy.caps_of(spec.id)
+        if caps is None:
+            continue
+        compared += 1
+        assert (caps.context_window, caps.max_output_tokens) == (spec.context, spec.max_output), \
+            spec.id
+        assert set(caps.thinking) == set(spec.thinking) - {"disabled"}, spec.id
+        assert set(caps.effort) == set(spec.effort), spec.id
+        assert set(caps.aliases) == set(spec.aliases), spec.id
+    assert compared >= 12

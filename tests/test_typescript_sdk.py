@@ -9,7 +9,9 @@ Loading the SDK costs most of a node run, so one node process runs every scenari
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +185,23 @@ def test_proxy_502_when_upstream_is_down(node_clients: NodeClients, start_proxy:
     assert error["status"] == 502
     assert error["type"] == "api_error"
     assert API_KEY not in str(error)
+
+
+def test_a_claude_code_shaped_loop_through_the_routing_proxy_stays_on_one_model(
+        node_clients: NodeClients, fake: FakeUpstream, start_proxy: Callable[..., str],
+        tmp_path: Path) -> None:
+    """The shipped router.yaml routes, and the TypeScript SDK's tool loop stays whole: one
+    model for every turn, thinking sent back verbatim to the model that signed it, the cache
+    read back, and answers that report the model the client asked for."""
+    url = start_proxy(policy=make_policy(fake.url, None))
+    (result,) = run_sdk(node_clients, url, ["agent_loop"], API_KEY, tmp_path)
+    turns = result["turns"]
+    assert len(turns) == 3
+    routed = {t["routerModel"] for t in turns}
+    assert len(routed) == 1, turns
+    assert [t["conversation"] for t in turns][1:] == ["tool-loop", "tool-loop"]
+    assert all(t["message"]["model"] == "claude-opus-4-8" for t in turns)
+    requests = [r for r in fake.received if r.path == "/v1/messages"]
+    assert {r.json()["model"] for r in requests} == routed
+    # The second and third turns read the prefix the turn before them wrote.
+    assert all(b["cache_read_input_tokens"] > 0 for b in fake.billed[1:])

@@ -27,7 +27,7 @@ class Needs:
     """Input tokens (estimated) plus ``max_tokens``."""
     max_tokens: int
     thinking: str
-    """``none``, ``disabled``, ``enabled`` or ``adaptive``."""
+    """``none``, ``disabled``, ``enabled``, ``adaptive`` or ``between_tools``."""
     effort: str
     """``output_config.effort``, empty when not set."""
     betas: frozenset[str]
@@ -42,7 +42,7 @@ def needs_of(features: Features, thinking: Block | None, beta_header: str) -> Ne
     return Needs(
         tokens=features.input_tokens + features.max_tokens,
         max_tokens=features.max_tokens,
-        thinking=kind if kind in ("enabled", "adaptive", "disabled") else "none",
+        thinking=kind if kind in ("enabled", "adaptive", "disabled", "between_tools") else "none",
         effort=features.effort,
         betas=betas,
     )
@@ -64,8 +64,8 @@ def unmet_limit(model: str, caps: ModelConfig | None, needs: Needs,
         return f"max_tokens {needs.max_tokens} > {caps.max_output_tokens} on {model}"
     if needs.tokens > caps.context_window:
         return f"{needs.tokens} tokens > {model}'s {caps.context_window} window"
-    if needs.thinking == "enabled" and "enabled" not in caps.thinking:
-        return f"{model} does not take enabled thinking"
+    if needs.thinking in ("enabled", "between_tools") and needs.thinking not in caps.thinking:
+        return f"{model} does not take {needs.thinking} thinking"
     if needs.thinking == "disabled" and caps.thinking_required:
         return f"{model} refuses thinking disabled"
     for beta in sorted(needs.betas & model_betas):

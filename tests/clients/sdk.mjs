@@ -109,6 +109,44 @@ const scenarios = {
     return { first, second };
   },
 
+  // Claude Code's shape: the beta API, adaptive thinking, a session id, cache breakpoints on the
+  // system and the last block, a trailing system message, a tool loop.
+  async agent_loop() {
+    const options = { headers: { 'x-claude-code-session-id': 'ts-agent-session', 'x-app': 'cli' } };
+    const bash = {
+      name: 'Bash',
+      description: 'Run a shell command.',
+      input_schema: { type: 'object', properties: { command: { type: 'string' } } },
+    };
+    const request = {
+      model: 'claude-opus-4-8',
+      max_tokens: 4096,
+      tools: [bash],
+      thinking: { type: 'adaptive' },
+      system: [{ type: 'text', text: 'You are a coding agent in a terminal.', cache_control: { type: 'ephemeral' } }],
+    };
+    const reminder = { role: 'system', content: 'Reminder: stay concise.' };
+    const ask = { role: 'user', content: [{ type: 'text', text: 'Why does CI fail? [[reply:tool=Bash]]' }] };
+    const cached = (message) => ({
+      ...message,
+      content: message.content.map((b, i, all) => (i === all.length - 1 ? { ...b, cache_control: { type: 'ephemeral' } } : b)),
+    });
+    const turns = [];
+    let messages = [cached(ask), reminder];
+    for (let turn = 0; turn < 3; turn++) {
+      const { data, response } = await client.beta.messages.create({ ...request, messages }, options).withResponse();
+      turns.push({ message: data, routerModel: response.headers.get('x-router-model'),
+                   conversation: response.headers.get('x-router-conversation') });
+      const call = data.content.find((block) => block.type === 'tool_use');
+      if (!call) break;
+      const next = turn === 1 ? 'all green now' : 'FAILED test_x.py [[reply:tool=Bash]]';
+      messages = [ask, { role: 'assistant', content: data.content },
+                  cached({ role: 'user', content: [{ type: 'tool_result', tool_use_id: call.id, content: next }] }),
+                  reminder];
+    }
+    return { turns };
+  },
+
   async error() {
     try {
       await client.messages.create({ model: 'claude-sonnet-4-6', max_tokens: 8, messages: PROMPT });
