@@ -4,8 +4,9 @@
 It follows the wire contract of ``shared/anthropic-wire-spec.md`` (sections 1-5 and 8) and
 the conversation rules of section 6.3: a prompt cache per API key and model, thinking
 signatures bound to the model that wrote them, and each model's limits and capabilities from
-one catalogue. Tests queue behaviours with ``FakeUpstream.script`` and read
-``received``/``billed``/``sent``; scripts steer answers with ``[[reply:...]]`` directives.
+one catalogue. Tests queue behaviours with ``FakeUpstream.script`` (or ``script_for`` the
+requests carrying an ``x-fake-key``) and read ``received``/``billed``/``sent``; scripts steer
+answers with ``[[reply:...]]`` directives.
 docs/fake-upstream.md has the whole picture.
 
 Modules, one idea each:
@@ -29,6 +30,7 @@ Three ways to run it:
 """
 
 from router.fake.behaviours import (
+    KEY_HEADER,
     Behaviour,
     Drop,
     Fail,
@@ -46,6 +48,7 @@ from router.fake.server import FakeUpstream
 
 __all__ = [
     "CATALOGUE",
+    "KEY_HEADER",
     "Behaviour",
     "Drop",
     "Fail",

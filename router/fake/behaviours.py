@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MESSAGES",
+    "KEY_HEADER",
     "STATUS_FOR_TYPE",
     "Behaviour",
     "Drop",
@@ -25,6 +26,10 @@ __all__ = [
     "Stall",
     "StreamError",
 ]
+
+KEY_HEADER = "x-fake-key"
+"""Request header naming a queue of ``FakeUpstream.script_for``: every attempt of one client
+request (its retries and fallbacks through a proxy, and its SDK's retries) carries it."""
 
 DEFAULT_MESSAGES: Mapping[int, str] = MappingProxyType(
     {
@@ -123,6 +128,8 @@ class Reply:
         headers: Extra response headers; they override the fake's own, and ``""`` removes one.
         pad_json: When streaming, pad some data JSON with spaces before the closing brace,
             the way the SDK's recorded fixtures do (``{"type":"content_block_stop","index":0  }``).
+        stall_after: When streaming, send only this many events, then hold the connection open
+            without another byte (a stalled stream) until the client gives up.
     """
 
     text: str | None = None
@@ -133,6 +140,7 @@ class Reply:
     stop_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     pad_json: bool = False
+    stall_after: int | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from router.fake.behaviours import (
     DEFAULT_MESSAGES,
+    KEY_HEADER,
     STATUS_FOR_TYPE,
     Behaviour,
     Drop,
@@ -145,6 +146,7 @@ class FakeUpstream:
         self._ping_every = ping_every
         self._lock = threading.Lock()
         self._queue: deque[Behaviour] = deque()
+        self._keyed: dict[str, deque[Behaviour]] = {}
         self._ledger = Ledger(history_limit)
         self._clock = Clock(clock)
         self._cache = PromptCache(self._clock)
@@ -184,10 +186,17 @@ class FakeUpstream:
         with self._lock:
             self._queue.extend(behaviours)
 
+    def script_for(self, key: str, *behaviours: Behaviour) -> None:
+        """Queues behaviours for the next requests carrying ``x-fake-key: key``, one each, before
+        the shared queue; once they are used up, such requests take from the shared queue."""
+        with self._lock:
+            self._keyed.setdefault(key, deque()).extend(behaviours)
+
     def clear(self) -> None:
         """Forgets received requests, billed usage, queued behaviours and the prompt cache."""
         with self._lock:
             self._queue.clear()
+            self._keyed.clear()
         self._ledger.clear()
         self._cache.clear()
 
@@ -336,12 +345,19 @@ class FakeUpstream:
 
     # ---- /v1/messages
 
-    def _next_behaviour(self) -> Behaviour:
+    def _next_behaviour(self, request: web.Request) -> Behaviour:
+        key = request.headers.get(KEY_HEADER)
         with self._lock:
+            if key is not None and self._keyed.get(key):
+                keyed = self._keyed[key]
+                behaviour = keyed.popleft()
+                if not keyed:
+                    del self._keyed[key]
+                return behaviour
             return self._queue.popleft() if self._queue else Reply()
 
     async def _messages(self, request: web.Request, raw: bytes) -> web.StreamResponse:
-        behaviour = self._next_behaviour()
+        behaviour = self._next_behaviour(request)
         while isinstance(behaviour, Stall):
             await asyncio.sleep(behaviour.seconds)
             behaviour = behaviour.then if behaviour.then is not None else Reply()
@@ -403,9 +419,11 @@ class FakeUpstream:
             cut = behaviour.after_events
         elif isinstance(behaviour, StreamError):
             cut, error = behaviour.after_events, behaviour
+        elif reply.stall_after is not None:
+            cut = reply.stall_after
         events = answer_events(answer, reply.pad_json, self._ping_every)
         return await write_stream(request, headers, events, delay=delay, cut=cut, error=error,
-                                  ledger=self._ledger)
+                                  ledger=self._ledger, stall=reply.stall_after is not None)
 
     # ---- other endpoints
 

@@ -215,6 +215,7 @@ async def write_stream(
     cut: int | None,
     error: StreamError | None,
     ledger: Ledger,
+    stall: bool = False,
 ) -> web.StreamResponse:
     """Writes a 200 event stream, billing usage as the events carrying it go out.
 
@@ -226,6 +227,7 @@ async def write_stream(
         cut: Send only this many events, then reset the connection (or send ``error``).
         error: After ``cut`` events, send this error event and end the stream cleanly.
         ledger: Where billed usage and the bytes written are recorded.
+        stall: After ``cut`` events, send nothing more until the client hangs up.
     """
     for key, value in SSE_HEADERS.items():
         if not any(k.lower() == key.lower() for k in headers):
@@ -262,6 +264,8 @@ async def write_stream(
                     ledger.unbill(entry)
                 raise
             sent_any = True
+        if stall:
+            await asyncio.sleep(3600)  # cancelled when the client hangs up
         if cut is not None and error is None:
             reset(request)
             return response
