@@ -18,7 +18,7 @@ from router.config import default_config_text
 from router.routing.decide import Decision
 from router.routing.rules import parse_policy
 from router.routing.tokens import FactorLearner
-from router.upstream.forward import Outcome
+from router.upstream.relay import Outcome
 from router.wire import CacheCreation, Usage
 
 

@@ -28,7 +28,7 @@ from router.routing.decide import decide
 from router.routing.rules import parse_policy
 from router.routing.tokens import FactorLearner, TokenCounter
 from router.state import open_store
-from router.upstream.forward import Outcome
+from router.upstream.relay import Outcome
 from router.wire import CacheCreation, Usage
 
 

@@ -17,26 +17,23 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from router.accounting.account import Books
 from router.accounting.metrics import Metrics
 from router.config import resolve_config_path
-from router.errors import RouterError, error_body, new_request_id
+from router.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    RouterError,
+    error_response,
+    new_request_id,
+)
 from router.parse import header_map
 from router.pipeline import Endpoint, RouterState, explain, proxy
 from router.reload import watching
 from router.routing.rules import Policy, load_policy
 from router.routing.tokens import FactorLearner, TokenCounter
 from router.state import opened_store
-from router.upstream.forward import Upstream
-from router.upstream.resilience import Breakers, Gate
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "api_error",
-}
+from router.upstream.pool import Upstream
+from router.upstream.resilience import Breakers, Gate, RetryBudget
 
 
 def _state(scope: dict[str, Any]) -> RouterState:
@@ -112,43 +109,45 @@ async def explain_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(report), media_type="application/json")
 
 
+def _rendered(err: RouterError, request_id: str | None = None) -> Response[bytes]:
+    """A Litestar response of :func:`router.errors.error_response`."""
+    rendered = error_response(err, request_id or new_request_id())
+    return Response(rendered.body, status_code=rendered.status, media_type="application/json",
+                    headers={k: v for k, v in rendered.header_dict().items()
+                             if k not in ("content-type", "content-length")})
+
+
 def _router_error(request: Request[Any, Any, Any], exc: RouterError) -> Response[bytes]:
     """Render the proxy's own errors raised in ordinary handlers (explain)."""
-    rid = new_request_id()
-    return Response(
-        error_body(exc.error_type, exc.message, rid),
-        status_code=exc.status_code,
-        media_type="application/json",
-        headers={"request-id": rid},
-    )
+    return _rendered(exc)
 
 
 def _anthropic_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    """Render Litestar's own errors (unknown path, wrong method) in Anthropic's shape."""
+    """Render Litestar's own errors (unknown path, wrong method, bad body) in Anthropic's shape,
+    through the same renderer as the proxy's (a 405 keeps its ``Allow``)."""
     status = exc.status_code
-    rid = new_request_id()
-    message = exc.detail if status != 404 else f"{request.method} {request.url.path} not found"
-    return Response(
-        error_body(_ERROR_TYPES.get(status, "api_error"), message, rid),
-        status_code=status,
-        media_type="application/json",
-        headers={"request-id": rid},
-    )
+    headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+    err: RouterError
+    if status == 404:
+        err = NotFound(f"{request.method} {request.url.path} not found")
+    elif status == 405:
+        err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}",
+                               allow=headers.get("allow", "GET"))
+    elif status == 413:
+        err = RequestTooLarge(exc.detail)
+    elif status < 500:
+        err = InvalidRequest(exc.detail)
+    else:
+        err = RouterError(exc.detail)
+    return _rendered(err)
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Log an unexpected failure and answer a retryable 500 that reveals nothing of it."""
     rid = new_request_id()
     logging.getLogger("router.app").error(
-        {"event": "internal_error", "request_id": rid, "path": request.url.path},
-        exc_info=exc,
-    )
-    return Response(
-        error_body("api_error", "internal error in the routing proxy", rid),
-        status_code=500,
-        media_type="application/json",
-        headers={"request-id": rid},
-    )
+        {"event": "internal_error", "request_id": rid, "path": request.url.path}, exc_info=exc)
+    return _rendered(RouterError("internal error in the routing proxy"), rid)
 
 
 _UNDER_MODELS = re.compile(r"/v1/models(/(?!\.\.?$)[A-Za-z0-9._:@-]+)?/?")
@@ -219,6 +218,7 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
                     store=store,
                     books=books,
                     breakers=Breakers(config.upstream.breaker),
+                    budget=RetryBudget(config.upstream.retry_budget),
                     gate=Gate(config.server.max_in_flight, config.server.max_buffered_bytes),
                 )
                 app.state.router = state

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
-from router.errors import InvalidRequest, RequestTooLarge
+from router.errors import InvalidRequest, RequestTimeout, RequestTooLarge
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -20,11 +21,19 @@ class ClientGone(Exception):
     """The client hung up before its request body was complete."""
 
 
-async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+async def read_body(receive: Receive, content_length: str | None, limit: int, *,
+                    hold: Callable[[int], None] | None = None,
+                    timeout: float | None = None) -> bytes:
     """Return the whole request body.
+
+    Args:
+        hold: Called with each chunk's size as it arrives, before it is kept (the admission
+            gate's reservation, which may refuse it), so bodies without a length count too.
+        timeout: Seconds the client has to send the whole body.
 
     Raises:
         RequestTooLarge: the body (declared or actual) is over ``limit`` bytes.
+        RequestTimeout: the body did not arrive within ``timeout`` seconds.
         ClientGone: the client disconnected first.
     """
     if content_length is not None:
@@ -34,18 +43,24 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
             raise RequestTooLarge(_too_large_message(int(content_length), limit))
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLarge(_too_large_message(size, limit))
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk: bytes = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestTooLarge(_too_large_message(size, limit))
+                    if hold is not None:
+                        hold(len(chunk))
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
 
 
 def _too_large_message(size: int, limit: int) -> str:

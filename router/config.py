@@ -33,14 +33,29 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class TimeoutsConfig(_Section, frozen=True, kw_only=True):
-    """Seconds the proxy waits on the upstream; a tier may override any of them."""
+    """Seconds the proxy waits on the upstream, fitted to each request; a tier may override any.
+
+    The wait for a stream's first event is ``first_event + per_1k_input`` per 1,000 input tokens
+    (prefill grows with the prompt); the wait for a non-streamed answer adds ``per_1k_output``
+    per 1,000 ``max_tokens`` (the whole answer is generated before its status line). A first
+    event or answer that does not come in time is retried or falls back: nothing has reached the
+    client yet.
+    """
 
     connect: float | None = None
     """To open a TCP/TLS connection."""
-    first_byte: float | None = None
-    """From sending the request to the answer's status line (thinking models take long)."""
+    first_event: float | None = None
+    """Base wait for a stream's first event or a non-streamed answer, before the size terms."""
+    per_1k_input: float | None = None
+    """Added per 1,000 input tokens (prefill time)."""
+    per_1k_output: float | None = None
+    """Added per 1,000 ``max_tokens`` for a non-streamed answer (generation time)."""
     idle: float | None = None
-    """Between two chunks of an answer; a silent stream is ended with an ``error`` event."""
+    """Between two events while the model writes text; a silent stream ends with an ``error``
+    event."""
+    quiet: float | None = None
+    """Between two events where the API itself may go quiet (thinking, tool input, server tools,
+    requests with thinking or tools only); it pings there every 15-30 s."""
     total: float | None = None
     """For the whole request, retries and fallbacks included."""
 
@@ -49,20 +64,47 @@ class RetryConfig(_Section, frozen=True, kw_only=True):
     """Retries of one model before any byte of the answer reached the client."""
 
     attempts: int | None = None
-    """Tries per model, the first included (1 = no retry)."""
+    """Tries per model, the first included (1 = no retry). A timed-out model is not retried:
+    the request moves to its fallback, if any."""
     base_delay: float | None = None
     """Seconds before the first retry; doubles each time, with jitter."""
     max_delay: float | None = None
     """Cap of one backoff delay; a longer ``retry-after`` is not waited for."""
 
 
-class BreakerConfig(_Section, frozen=True, kw_only=True):
-    """The circuit breaker of each upstream model."""
+class RetryBudgetConfig(_Section, frozen=True, kw_only=True):
+    """How many extra upstream attempts (retries and fallbacks) a worker may make, in all.
 
-    failures: int = 5
-    """Consecutive failed attempts (5xx, 529, connection errors, timeouts) that open it."""
-    cooldown: float = 30.0
-    """Seconds it stays open (requests go straight to the fallback), before one probe."""
+    A token bucket: every request earns ``ratio`` of an attempt and every second earns
+    ``min_per_second``, up to ``burst`` saved; each extra attempt spends one. Over any stretch
+    of time, extra attempts <= ``ratio`` x requests + ``min_per_second`` x seconds + ``burst``.
+    """
+
+    ratio: float = 0.2
+    """Extra attempts earned per request (0.2: at most 20% more attempts than requests)."""
+    min_per_second: float = 1.0
+    """Extra attempts earned per second whatever the traffic, so a quiet worker still retries."""
+    burst: float = 10.0
+    """Most extra attempts saved up."""
+
+
+class BreakerConfig(_Section, frozen=True, kw_only=True):
+    """The circuit breaker of each upstream model, on the failure rate of distinct requests.
+
+    Each request counts once per model it tried: failed if the model's last answer to it was a
+    529 or another 5xx worth retrying, a lost connection or a timeout; succeeded if the model
+    answered (a 2xx, or a 4xx that is the request's own fault). A 429, or a 5xx the upstream
+    marks final (``x-should-retry: false``), counts neither way.
+    """
+
+    failure_rate: float = 0.5
+    """Share of failed requests in the window that opens the circuit."""
+    min_requests: int = 20
+    """Requests the window must hold before the rate means anything."""
+    window: float = 30.0
+    """Seconds of history the rate is taken over."""
+    cooldown: float = 15.0
+    """Seconds the circuit stays open (requests go to the fallback) before one probe."""
 
 
 class UpstreamConfig(_Section, frozen=True, kw_only=True):
@@ -74,11 +116,13 @@ class UpstreamConfig(_Section, frozen=True, kw_only=True):
     """Honour HTTP_PROXY/HTTPS_PROXY. Off by default: corporate proxies break TLS to the API."""
     max_connections: int = 1000
     """Size of the keep-alive pool, per worker."""
-    timeouts: TimeoutsConfig = TimeoutsConfig(connect=5.0, first_byte=600.0, idle=300.0,
+    timeouts: TimeoutsConfig = TimeoutsConfig(connect=5.0, first_event=7.0, per_1k_input=0.5,
+                                              per_1k_output=28.125, idle=20.0, quiet=90.0,
                                               total=3600.0)
     """Defaults for every tier."""
     retry: RetryConfig = RetryConfig(attempts=3, base_delay=0.5, max_delay=8.0)
     """Defaults for every tier."""
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     breaker: BreakerConfig = BreakerConfig()
 
 
@@ -115,6 +159,8 @@ class ServerConfig(_Section, frozen=True, kw_only=True):
     """Request-body bytes held at once per worker; past it the proxy answers 529 at once."""
     grace_seconds: float = 30.0
     """On SIGTERM, how long in-flight requests and streams may run before the worker exits."""
+    body_timeout: float = 60.0
+    """Seconds a client has to send its whole request body; a slower one gets a 408."""
 
 
 class RuleConfig(_Section, frozen=True, kw_only=True):
@@ -462,13 +508,31 @@ def semantic_problems(config: Config) -> list[str]:
     ]:
         for key in timeouts.__struct_fields__:
             value = getattr(timeouts, key)
-            if value is not None and value <= 0:
+            if value is None:
+                continue
+            if key.startswith("per_1k_"):
+                if value < 0:
+                    problems.append(f"{scope}.timeouts.{key}: must not be negative")
+            elif value <= 0:
                 problems.append(f"{scope}.timeouts.{key}: must be positive")
     for scope, retry in [("upstream", config.upstream.retry)] + [
         (f"tiers.{n}", t.retry) for n, t in config.tiers.items()
     ]:
         if retry.attempts is not None and retry.attempts < 1:
             problems.append(f"{scope}.retry.attempts: must be at least 1")
+    breaker, budget = config.upstream.breaker, config.upstream.retry_budget
+    if not 0 < breaker.failure_rate <= 1:
+        problems.append("upstream.breaker.failure_rate: must be above 0 and at most 1")
+    if breaker.min_requests < 1:
+        problems.append("upstream.breaker.min_requests: must be at least 1")
+    for key in ("window", "cooldown"):
+        if getattr(breaker, key) <= 0:
+            problems.append(f"upstream.breaker.{key}: must be positive")
+    for key in budget.__struct_fields__:
+        if getattr(budget, key) < 0:
+            problems.append(f"upstream.retry_budget.{key}: must not be negative")
+    if config.server.body_timeout <= 0:
+        problems.append("server.body_timeout: must be positive")
     return problems + _state_problems(config.state)
 
 

@@ -1,24 +1,29 @@
-"""Errors the proxy itself answers with, in Anthropic's error shape.
+"""Errors the proxy itself answers with, in Anthropic's error shape, and the one renderer for
+them all.
 
 The tree, and what each becomes on the wire::
 
     RouterError                     500 api_error
     ├── InvalidRequest              400 invalid_request_error
     ├── AuthenticationFailed        401 authentication_error
-    ├── MethodNotAllowed            405 invalid_request_error
+    ├── NotFound                    404 not_found_error
+    ├── MethodNotAllowed            405 invalid_request_error   (with ``Allow``)
+    ├── RequestTimeout              408 timeout_error           (the body came too slowly)
     ├── RequestTooLarge             413 request_too_large
-    ├── Overloaded                  529 overloaded_error
+    ├── Overloaded                  529 overloaded_error        (with ``retry-after``)
     ├── UpstreamUnavailable         502 api_error
     └── UpstreamTimeout             504 timeout_error
 
 Errors that come from the upstream API are never wrapped in these: they pass through untouched.
-The 5xx ones are statuses the official SDKs retry, which is what a client wants when the proxy
-cannot reach the API.
+Every error the proxy answers goes through :func:`error_response`, which adds ``request-id``,
+``x-should-retry`` (the SDKs obey it before the status) and ``retry-after`` where they apply.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
+from dataclasses import dataclass
 from typing import ClassVar
 
 import msgspec
@@ -28,6 +33,9 @@ import msgspec
 # choosing 24 characters one by one.
 _TO_BASE62 = str.maketrans("-_", "xZ")
 
+RETRYABLE: frozenset[int] = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+"""Statuses the official SDKs retry when no ``x-should-retry`` says otherwise."""
+
 
 def new_request_id() -> str:
     """Return a fresh id in the API's ``req_…`` style (24 base62 characters)."""
@@ -35,15 +43,26 @@ def new_request_id() -> str:
 
 
 class RouterError(Exception):
-    """Base of every error the proxy answers itself."""
+    """Base of every error the proxy answers itself.
+
+    Args:
+        message: The ``error.message`` the client reads; never a traceback or a key.
+        headers: Extra response headers (``Allow`` for a 405, say).
+        retry_after: Seconds after which a retry may succeed; sent rounded up.
+        should_retry: Overrides the ``x-should-retry`` the status implies: False once the proxy
+            has retried itself and given up, so that the client does not multiply the load.
+    """
 
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "api_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None,
+                 retry_after: float | None = None, should_retry: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = headers or {}
+        self.retry_after = retry_after
+        self.should_retry = should_retry
 
 
 class InvalidRequest(RouterError):
@@ -60,11 +79,28 @@ class AuthenticationFailed(RouterError):
     error_type = "authentication_error"
 
 
+class NotFound(RouterError):
+    """No such endpoint."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
 class MethodNotAllowed(RouterError):
-    """The endpoint exists but not for this HTTP method."""
+    """The endpoint exists but not for this HTTP method; ``allow`` names the ones it takes."""
 
     status_code = 405
     error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message, headers={"allow": allow})
+
+
+class RequestTimeout(RouterError):
+    """The client did not send its whole request body in time."""
+
+    status_code = 408
+    error_type = "timeout_error"
 
 
 class RequestTooLarge(RouterError):
@@ -75,7 +111,7 @@ class RequestTooLarge(RouterError):
 
 
 class Overloaded(RouterError):
-    """The proxy is at its in-flight limit."""
+    """The proxy is at its own admission limits (requests or body bytes in flight)."""
 
     status_code = 529
     error_type = "overloaded_error"
@@ -113,3 +149,43 @@ def error_body(error_type: str, message: str, request_id: str) -> bytes:
 def error_event(error_type: str, message: str, request_id: str) -> bytes:
     """Return an SSE ``error`` event, for failures after a stream's first byte went out."""
     return b"event: error\ndata: " + error_body(error_type, message, request_id) + b"\n\n"
+
+
+def retry_after_value(seconds: float) -> str:
+    """Return a ``retry-after`` value: whole seconds rounded up, so a client that obeys it never
+    comes back before the time it was given (and never 0)."""
+    return str(max(1, math.ceil(seconds - 1e-9)))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """A rendered error: status, headers (lower-case, as bytes) and body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header_dict(self) -> dict[str, str]:
+        """The headers as a dict of strings, for frameworks that take one."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
+
+
+def error_response(err: RouterError, request_id: str) -> ErrorResponse:
+    """Render one of the proxy's errors: the envelope, ``request-id``, ``x-should-retry``, and
+    ``retry-after`` when the error knows when to come back."""
+    body = error_body(err.error_type, err.message, request_id)
+    retry = err.should_retry
+    if retry is None:
+        retry = err.status_code in RETRYABLE
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"request-id", request_id.encode()),
+        (b"x-should-retry", b"true" if retry else b"false"),
+    ]
+    if err.retry_after is not None and retry:
+        headers.append((b"retry-after", retry_after_value(err.retry_after).encode()))
+    headers.extend(
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()
+    )
+    return ErrorResponse(err.status_code, headers, body)

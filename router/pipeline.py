@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.accounting.account import Books, Record, account
 from router.accounting.metrics import Metrics
@@ -21,11 +21,10 @@ from router.body import ClientGone, Receive, read_body
 from router.catalogue import models_page
 from router.errors import (
     MethodNotAllowed,
-    Overloaded,
     RouterError,
     UpstreamTimeout,
     UpstreamUnavailable,
-    error_body,
+    error_response,
     new_request_id,
 )
 from router.parse import Parsed, header_map, parse_count_tokens, parse_messages, require_api_key
@@ -52,17 +51,12 @@ from router.routing.rules import Policy
 from router.routing.scorer import default_scorer
 from router.routing.tokens import FactorLearner, TokenCounter, TokenEstimate
 from router.state import Store
-from router.upstream.forward import (
-    Call,
-    Outcome,
-    Reporting,
-    Reroute,
-    Send,
-    Upstream,
-    forward,
-    upstream_headers,
-)
-from router.upstream.resilience import Breakers, Gate
+from router.upstream.forward import Call, Reroute, forward
+from router.upstream.relay import Outcome, Reporting, Send
+from router.upstream.resilience import Breakers, Gate, RetryBudget, Shape
+
+if TYPE_CHECKING:
+    from router.upstream.pool import Upstream
 
 
 class Endpoint(Enum):
@@ -92,6 +86,7 @@ class RouterState:
     books: Books
     """The account stage: prices, metrics, the log."""
     breakers: Breakers
+    budget: RetryBudget
     gate: Gate
     background: set[asyncio.Future[None]] = field(default_factory=set)
     """Exact token counts running in threads (kept referenced until done)."""
@@ -103,7 +98,7 @@ class RouterState:
 
     def available(self, model: str) -> bool:
         """Whether ``model`` takes requests now (its circuit is closed or due a probe)."""
-        return self.breakers.retry_in(model) == 0
+        return self.breakers.available(model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +115,10 @@ class Routed:
 MODELS_WITHIN = 2.5
 """Seconds the upstream gets to answer ``GET /v1/models`` before the proxy answers from its
 config: Claude Code's model discovery gives up after 3 s."""
+
+MAX_DEFERRED_COUNTS = 8
+"""Exact counts waiting for a thread at once; past it a request skips its exact count (the
+approximation stands) rather than queue without bound."""
 
 DEFER_CHARS = 48_000
 """New text (about 12k tokens) up to which a request routes on the approximate count while the
@@ -138,7 +137,7 @@ async def estimate_tokens(counter: TokenCounter, parsed: Parsed,
     if counter.needs_thread(parsed.request):
         return await asyncio.to_thread(counter.estimate, parsed.request)
     estimate = counter.estimate(parsed.request, defer_up_to=DEFER_CHARS)
-    if estimate.deferred:
+    if estimate.deferred and len(background) < MAX_DEFERRED_COUNTS:
         future = asyncio.get_running_loop().run_in_executor(None, counter.learn,
                                                             estimate.deferred)
         background.add(future)
@@ -354,21 +353,24 @@ async def proxy(
         state.gate.enter()
         admitted = True
         if scope["method"] != endpoint.method:
-            raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}")
+            raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}",
+                                   allow=endpoint.method)
         headers = header_map(scope["headers"])
         require_api_key(headers)
         body: bytes | None = None
         reroute: Reroute | None = None
         models: tuple[str | None, ...] = (None,)
+        shape = Shape()
         if endpoint is not Endpoint.MODELS:
-            limit = policy.config.server.max_body_bytes
-            declared = headers.get("content-length", "")
-            expected = min(int(declared), limit) if declared.isdigit() else 0
-            state.gate.reserve(expected)
-            held = expected
-            body = await read_body(receive, declared or None, limit)
-            state.gate.reserve(len(body) - held)
-            held = len(body)
+            server = policy.config.server
+
+            def hold(size: int) -> None:
+                nonlocal held
+                state.gate.reserve(size)
+                held += size
+
+            body = await read_body(receive, headers.get("content-length"),
+                                   server.max_body_bytes, hold=hold, timeout=server.body_timeout)
             parse = parse_messages if endpoint is Endpoint.MESSAGES else parse_count_tokens
             parsed = parse(body, headers)
             requested = parsed.request.model
@@ -385,13 +387,14 @@ async def proxy(
             # count_tokens answers for one model: falling back would count for another.
             fallbacks = decision.fallbacks if endpoint is Endpoint.MESSAGES else ()
             models = (decision.model, *fallbacks)
+            shape = _shape(routed.features)
         outcome = Outcome()
         listing = endpoint is Endpoint.MODELS and _path_qs(scope).partition("?")[0] in (
             "/v1/models", "/v1/models/")
         call = Call(
             method=scope["method"],
             path_qs=_path_qs(scope),
-            headers=upstream_headers(scope["headers"]),
+            headers=state.upstream.request_headers(scope["headers"]),
             body=body,
             requested=requested,
             models=models,
@@ -399,11 +402,12 @@ async def proxy(
             reporting=_reporting(routed, requested, policy, endpoint, state.store),
             reroute=reroute,
             within=MODELS_WITHIN if listing else None,
+            shape=shape,
         )
         try:
             await _forward_watching_client(state, policy, call, receive, exchange, outcome,
                                            request_id)
-        except (UpstreamTimeout, UpstreamUnavailable, Overloaded):
+        except (UpstreamTimeout, UpstreamUnavailable):
             if not (listing and not exchange.started):
                 raise
             # Claude Code gives a gateway 3 s for its model list: answer from the config.
@@ -538,7 +542,7 @@ async def _forward_watching_client(
     watcher = asyncio.get_running_loop().create_task(watch())
     try:
         await forward(
-            call, state.upstream, config, policy.tier_of, state.breakers,
+            call, state.upstream, config, policy.tier_of, state.breakers, state.budget,
             exchange, outcome, request_id, state.books.prices.cost,
         )
     except asyncio.CancelledError:
@@ -563,17 +567,14 @@ async def _send_json(send: Callable[[dict[str, Any]], Any], body: bytes, rid: st
 
 
 async def _send_error(send: Callable[[dict[str, Any]], Any], err: RouterError, rid: str) -> None:
-    body = error_body(err.error_type, err.message, rid)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"request-id", rid.encode()),
-    ]
-    if err.status_code in (500, 502, 504, 529):
-        # The SDKs retry these anyway; say so explicitly for other clients.
-        headers.append((b"x-should-retry", b"true"))
-    headers.extend(
-        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()
-    )
-    await send({"type": "http.response.start", "status": err.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    rendered = error_response(err, rid)
+    await send({"type": "http.response.start", "status": rendered.status,
+                "headers": rendered.headers})
+    await send({"type": "http.response.body", "body": rendered.body, "more_body": False})
+
+
+def _shape(features: Features) -> Shape:
+    """What the upstream waits are fitted to: size, streaming, and whether the model may go
+    quiet mid-stream (thinking, or tools whose input the API may hold back)."""
+    return Shape(features.input_tokens, features.max_tokens, features.stream,
+                 features.thinking != "none" or features.tools > 0)

@@ -59,7 +59,7 @@ def with_section(policy: Policy, section: str, **changes: Any) -> Policy:
 
 def without_retries(policy: Policy, **timeouts: float) -> Policy:
     """Return ``policy`` with one attempt per request and no fallbacks, so upstream errors reach
-    the client as they are; ``timeouts`` (e.g. ``first_byte=0.3``) apply to every tier."""
+    the client as they are; ``timeouts`` (e.g. ``first_event=0.3``) apply to every tier."""
     config = policy.config
     one = RetryConfig(attempts=1)
     tiers = {

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from router.accounting.cost import PriceTable, Tokens, tokens_of
 from router.config import default_config_text
 from router.routing.rules import parse_policy
-from router.upstream.forward import StreamUsage
+from router.upstream.sse import StreamUsage
 from router.wire import CacheCreation, ServerToolUse, Usage
 
 POLICY = parse_policy(default_config_text())

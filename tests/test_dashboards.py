@@ -219,14 +219,15 @@ COOLDOWN = 0.3
 
 def e2e_config(upstream_url: str) -> str:
     """The default config on the fake, with POLICY, a tiny budget (so the spend alerts go
-    pending), fast reload polling, fast retries, and a breaker that trips after 2 failures and
-    closes again quickly."""
+    pending), fast reload polling, fast retries, and a breaker that trips when a quarter of
+    three requests failed and closes again quickly."""
     text = config_text(upstream_url, POLICY)
     for pattern, replacement in [
         (r"daily_usd: 500\b", "daily_usd: 0.000001"),
         (r"reload_poll_seconds: 1\b", "reload_poll_seconds: 0.1"),
         (r"retry: \{[^}]*\}", "retry: {attempts: 2, base_delay: 0.01, max_delay: 0.05}"),
-        (r"breaker: \{[^}]*\}", f"breaker: {{failures: 2, cooldown: {COOLDOWN}}}"),
+        (r"breaker: \{[^}]*\}",
+         f"breaker: {{failure_rate: 0.25, min_requests: 3, window: 30, cooldown: {COOLDOWN}}}"),
     ]:
         text, count = re.subn(pattern, replacement, text, count=1)
         assert count == 1, f"the default config has no {pattern!r} to replace"

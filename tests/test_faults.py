@@ -8,6 +8,8 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -15,8 +17,17 @@ import anthropic
 import msgspec
 import pytest
 
-from router.config import BreakerConfig, RetryConfig, TimeoutsConfig
-from router.fake import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
+from router.config import BreakerConfig, RetryBudgetConfig, RetryConfig, TimeoutsConfig
+from router.fake import (
+    KEY_HEADER,
+    Drop,
+    Fail,
+    FakeUpstream,
+    Malformed,
+    Reply,
+    Stall,
+    StreamError,
+)
 from router.routing.rules import Policy
 from tests.conftest import API_KEY, RUNNING, LoadedConfig, make_policy
 from tests.test_metrics import scrape, total
@@ -29,18 +40,26 @@ HEADERS = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01",
 
 
 def tuned(upstream_url: str, policy_yaml: str = "default: requested\n", *,
-          attempts: int = 3, first_byte: float = 2.0, idle: float = 2.0, total_s: float = 10.0,
-          failures: int = 5, cooldown: float = 30.0) -> Policy:
-    """The default tiers with fast retries and short timeouts, so faults play out quickly."""
+          attempts: int = 3, first_event: float = 2.0, idle: float = 2.0,
+          quiet: float | None = None, per_1k_input: float = 0, per_1k_output: float = 0,
+          total_s: float = 10.0, min_requests: int = 1000, failure_rate: float = 1.0,
+          cooldown: float = 30.0, budget: RetryBudgetConfig | None = None) -> Policy:
+    """The default tiers with fast retries and short, size-independent timeouts, so faults play
+    out quickly; circuits that open only when asked to and a budget that never runs out, unless
+    a test is about them."""
     policy = make_policy(upstream_url, policy_yaml)
     config = policy.config
-    timeouts = TimeoutsConfig(connect=1.0, first_byte=first_byte, idle=idle, total=total_s)
+    timeouts = TimeoutsConfig(connect=1.0, first_event=first_event, per_1k_input=per_1k_input,
+                              per_1k_output=per_1k_output, idle=idle, quiet=quiet or idle,
+                              total=total_s)
     tiers = {name: msgspec.structs.replace(tier, timeouts=TimeoutsConfig(), retry=RetryConfig())
              for name, tier in config.tiers.items()}
     upstream = msgspec.structs.replace(
         config.upstream, timeouts=timeouts,
         retry=RetryConfig(attempts=attempts, base_delay=0.02, max_delay=2.0),
-        breaker=BreakerConfig(failures=failures, cooldown=cooldown))
+        retry_budget=budget or RetryBudgetConfig(burst=10**6, min_per_second=10**6),
+        breaker=BreakerConfig(failure_rate=failure_rate, min_requests=min_requests, window=60,
+                              cooldown=cooldown))
     new = msgspec.structs.replace(config, tiers=tiers, upstream=upstream)
     loaded = policy.loaded
     return Policy(LoadedConfig(new, loaded.source, loaded.sha256, loaded.lines), policy.rules)
@@ -141,6 +160,8 @@ def test_everything_overloaded_passes_the_last_error_through(fake: FakeUpstream,
     assert info.value.status_code == 529
     assert info.value.request_id
     assert len(fake.received) == 6  # 3 attempts on opus, 3 on sonnet
+    # The proxy retried and gave up: the SDK is told not to multiply it.
+    assert info.value.response.headers["x-should-retry"] == "false"
 
 
 PINNED = """\
@@ -200,8 +221,8 @@ def test_stream_broken_after_its_first_byte_is_not_retried(fake: FakeUpstream, s
     assert len(fake.received) == 1
 
 
-def test_stall_past_first_byte_timeout_is_retried(fake: FakeUpstream, start_proxy: Any) -> None:
-    url = start_proxy(policy=tuned(fake.url, first_byte=0.4))
+def test_stall_past_the_first_event_wait_falls_back(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, first_event=0.4))
     fake.script(Stall(3.0))
     started = time.monotonic()
     status, _, _ = post(url, body())
@@ -225,7 +246,7 @@ def test_silent_stream_ends_with_a_timeout_error_event(fake: FakeUpstream, start
 
 
 def test_deadline_bounds_the_whole_request(fake: FakeUpstream, start_proxy: Any) -> None:
-    url = start_proxy(policy=tuned(fake.url, first_byte=5, total_s=1.0, attempts=5))
+    url = start_proxy(policy=tuned(fake.url, first_event=5, total_s=1.0, attempts=5))
     fake.script(*[Stall(0.4, then=Fail(529, "overloaded_error"))] * 10)
     started = time.monotonic()
     status, _, data = post(url, body("claude-opus-4-7"))
@@ -253,7 +274,7 @@ def test_malformed_upstream_answer_is_passed_on_not_crashed_on(fake: FakeUpstrea
 
 def test_circuit_breaker_skips_a_failing_model_then_probes_it(fake: FakeUpstream,
                                                               start_proxy: Any) -> None:
-    url = start_proxy(policy=tuned(fake.url, attempts=1, failures=2, cooldown=1.0))
+    url = start_proxy(policy=tuned(fake.url, attempts=1, min_requests=2, cooldown=1.0))
     for _ in range(2):
         fake.script(Fail(500, "api_error"))
         assert post(url, body())[0] == 200  # fell back to sonnet each time
@@ -330,7 +351,7 @@ def test_many_clients_through_random_faults(fake: FakeUpstream, start_proxy: Any
     # Timeouts well above what a loaded CI machine needs: a request the proxy timed out while
     # the fake went on to answer (and bill) could not be accounted exactly; timeouts have their
     # own tests above.
-    url = start_proxy(policy=tuned(fake.url, first_byte=4, idle=4, total_s=8))
+    url = start_proxy(policy=tuned(fake.url, first_event=4, idle=4, total_s=8))
     proxy = RUNNING[url]
     rng = random.Random(7)
     faults: list[Any] = [
@@ -407,7 +428,7 @@ def test_many_clients_through_random_faults(fake: FakeUpstream, start_proxy: Any
 
 def test_probe_answered_with_a_client_error_closes_the_circuit(fake: FakeUpstream,
                                                                start_proxy: Any) -> None:
-    url = start_proxy(policy=tuned(fake.url, attempts=1, failures=1, cooldown=0.5))
+    url = start_proxy(policy=tuned(fake.url, attempts=1, min_requests=1, cooldown=0.5))
     fake.script(Fail(500, "api_error"))
     assert post(url, body())[1]["x-router-model"] == "claude-sonnet-4-6"  # opened, fell back
     time.sleep(0.6)
@@ -421,7 +442,7 @@ def test_probe_answered_with_a_client_error_closes_the_circuit(fake: FakeUpstrea
 
 def test_skipping_an_open_circuit_is_reported_as_a_fallback(fake: FakeUpstream,
                                                             start_proxy: Any) -> None:
-    url = start_proxy(policy=tuned(fake.url, attempts=1, failures=1, cooldown=30))
+    url = start_proxy(policy=tuned(fake.url, attempts=1, min_requests=1, cooldown=30))
     fake.script(Fail(500, "api_error"))
     post(url, body())
     fake.clear()
@@ -451,3 +472,282 @@ def test_conversation_memory_keeps_the_model_that_answered(fake: FakeUpstream,
                            thinking={"type": "adaptive"}, extra_headers=session)
     # Sonnet signed the thinking block of the loop: the loop goes on on Sonnet, not Opus.
     assert models_received(fake)[-1] == "claude-sonnet-4-6"
+
+
+def test_an_open_circuit_with_nowhere_to_go_still_sends_once(fake: FakeUpstream,
+                                                               start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, PINNED, min_requests=1, failure_rate=0.5))
+    fake.script(*[Fail(529, "overloaded_error")] * 3)
+    status, headers, _ = post(url, body("claude-opus-4-7"), {"x-app": "batch"})
+    assert status == 529 and headers["x-should-retry"] == "false"
+    assert total(scrape(url), "router_circuit_opened_total", model="claude-opus-4-7") == 1
+    fake.clear()
+    fake.script(Fail(529, "overloaded_error"))
+    status, headers, _ = post(url, body("claude-opus-4-7"), {"x-app": "batch"})
+    # Open, and no fallback for a pinned request: one attempt, the upstream's own answer.
+    assert status == 529 and "x-should-retry" not in headers
+    assert models_received(fake) == ["claude-opus-4-7"]
+    fake.clear()
+    status, _, _ = post(url, body("claude-opus-4-7"), {"x-app": "batch"})
+    assert status == 200  # the upstream could serve it, so it was asked
+    assert models_received(fake) == ["claude-opus-4-7"]
+
+
+def test_the_retry_budget_bounds_extra_attempts(fake: FakeUpstream, start_proxy: Any) -> None:
+    budget = RetryBudgetConfig(ratio=0, min_per_second=0, burst=2)
+    url = start_proxy(policy=tuned(fake.url, budget=budget))
+    fake.script(*[Fail(529, "overloaded_error")] * 10)
+    status, headers, _ = post(url, body())
+    # Two retries paid from the budget, then no fallback: the upstream's answer as it is, so
+    # the client's own retry (a fresh request) can still get through.
+    assert status == 529 and "x-should-retry" not in headers
+    assert models_received(fake) == ["claude-haiku-4-5"] * 3
+    fake.clear()
+    fake.script(*[Fail(529, "overloaded_error")] * 10)
+    assert post(url, body())[0] == 529
+    assert len(fake.received) == 1
+
+
+def test_a_hung_model_falls_back_once_then_the_client_is_told(fake: FakeUpstream,
+                                                               start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, first_event=0.3))
+    fake.script(*[Stall(5)] * 3)
+    started = time.monotonic()
+    status, headers, data = post(url, body(stream=True))
+    assert time.monotonic() - started < 1.5
+    assert status == 504 and json.loads(data)["error"]["type"] == "timeout_error"
+    assert headers["x-should-retry"] == "false"
+    assert models_received(fake) == ["claude-haiku-4-5", "claude-sonnet-4-6"]  # not retried
+
+
+def test_the_first_event_wait_grows_with_the_input(fake: FakeUpstream, start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, first_event=0.3, per_1k_input=0.5))
+    fake.script(Stall(1.0))
+    long_prompt = [{"role": "user", "content": "word " * 8000}]  # ~8k tokens: waits ~4.3 s
+    status, headers, _ = post(url, json.dumps({"model": "claude-haiku-4-5", "max_tokens": 32,
+                                               "stream": True, "messages": long_prompt}).encode())
+    assert status == 200 and "x-router-fallback" not in headers
+    assert len(fake.received) == 1
+    fake.clear()
+    fake.script(Stall(1.0))
+    status, headers, _ = post(url, body(stream=True))  # a few tokens: waits 0.3 s
+    assert status == 200 and headers["x-router-fallback"] == "claude-haiku-4-5->claude-sonnet-4-6"
+
+
+def test_a_non_streamed_answer_is_waited_for_by_max_tokens(fake: FakeUpstream,
+                                                           start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, first_event=0.3, per_1k_output=1.0))
+    fake.script(Stall(1.0))
+    assert post(url, body(max_tokens=4000))[0] == 200  # may take 4.3 s
+    assert len(fake.received) == 1
+    fake.clear()
+    fake.script(Stall(1.0))
+    assert post(url, body(max_tokens=32))[0] == 200  # may take 0.33 s: fell back
+    assert len(fake.received) == 2
+
+
+def test_a_thinking_stream_may_pause_longer_than_a_text_stream(fake: FakeUpstream,
+                                                                start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url, idle=0.3, quiet=3.0))
+    fake.script(Reply(text="", thinking="one two three four", event_delay=0.6))
+    status, _, data = post(url, body(stream=True, max_tokens=2048,
+                                     thinking={"type": "enabled", "budget_tokens": 1024}))
+    assert status == 200
+    assert data.rstrip().endswith(b'data: {"type":"message_stop"}')
+    fake.script(Reply(text="one two three four", event_delay=0.6))
+    status, _, data = post(url, body(stream=True))
+    assert status == 200
+    last = [e for e in data.split(b"\n\n") if e.strip()][-1]
+    assert json.loads(last.split(b"data: ", 1)[1])["error"]["type"] == "timeout_error"
+
+
+def test_a_stream_that_ends_without_message_stop_is_cut(fake: FakeUpstream,
+                                                        start_proxy: Any) -> None:
+    url = start_proxy(policy=tuned(fake.url))
+    partial = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
+               b'"type":"message","role":"assistant","content":[],"model":"claude-haiku-4-5",'
+               b'"usage":{"input_tokens":9,"output_tokens":1}}}\n\n'
+               b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+               b'"content_block":{"type":"text","text":""}}\n\n')
+    fake.script(Malformed(partial, status=200, content_type="text/event-stream"))
+    status, _, data = post(url, body(stream=True))
+    assert status == 200
+    assert data.startswith(partial)
+    error = json.loads(data[len(partial):].split(b"data: ", 1)[1])
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert "message_stop" in error["error"]["message"]
+    samples = scrape(url)
+    assert total(samples, "router_requests_total", status="stream_cut") == 1
+    assert total(samples, "router_tokens_total", type="input") == 9
+
+
+# --------------------------------------------------------------------------- the shipped config
+
+Kind = Callable[[], list[Any]]
+MIX: list[tuple[str, int, Kind]] = [
+    ("plain", 66, lambda: []),
+    ("20 ms delay", 30, lambda: [Stall(0.02)]),
+    ("first two attempts 529", 50, lambda: [Fail(529, "overloaded_error")] * 2),
+    ("always 529", 26, lambda: [Fail(529, "overloaded_error")] * 30),
+    ("always 429, retry-after 1", 26,
+     lambda: [Fail(429, "rate_limit_error", headers={"retry-after": "1"})] * 30),
+    ("first attempt 429", 26, lambda: [Fail(429, "rate_limit_error")]),
+    ("connection dropped", 26, lambda: [Drop()]),
+    ("error event mid-stream", 26, lambda: [StreamError(after_events=3)]),
+    ("never answers", 16, lambda: [Stall(3600)] * 30),
+    ("stream stalls after a few events", 8, lambda: [Reply(stall_after=3)]),
+]
+"""The issue's mix: 300 requests, each with one upstream fault on every attempt it makes (its
+retries and fallbacks through the proxy, and the SDK's own retries, alike)."""
+SLOW_KINDS = ("never answers", "stream stalls after a few events")
+CLIENT_DEADLINE = 60.0
+
+
+@dataclass
+class Ending:
+    kind: str
+    stream: bool
+    result: str
+    """``ok``, ``error <status> <type>`` (an Anthropic-shaped error) or ``no answer: ...``."""
+    seconds: float
+    proxy_made_529: bool = False
+
+
+async def sdk_request(client: anthropic.AsyncAnthropic, key: str, model: str, stream: bool,
+                      max_tokens: int = 32) -> tuple[str, bool]:
+    """One SDK call (its own retries included) within the client deadline: how it ended, and
+    whether a 529 came from the proxy itself."""
+    extra = {KEY_HEADER: key}
+    try:
+        async with asyncio.timeout(CLIENT_DEADLINE):
+            if stream:
+                events = await client.messages.create(model=model, max_tokens=max_tokens,
+                                                      messages=PROMPT, stream=True,
+                                                      extra_headers=extra)
+                stopped = False
+                async for event in events:
+                    stopped = stopped or event.type == "message_stop"
+                return ("ok" if stopped else "no answer: stream ended without message_stop",
+                        False)
+            message = await client.messages.create(model=model, max_tokens=max_tokens,
+                                                   messages=PROMPT, extra_headers=extra)
+            return ("ok" if message.content else "no answer: empty message"), False
+    except anthropic.APIStatusError as error:
+        body = error.body
+        shaped = (isinstance(body, dict) and body.get("type") == "error"
+                  and isinstance(body.get("error"), dict) and body["error"].get("type"))
+        if not shaped:
+            return f"no answer: not Anthropic-shaped {error.status_code} {body!r:.80}", False
+        message = str(body["error"].get("message", ""))
+        return (f"error {error.status_code} {body['error']['type']}",
+                error.status_code == 529 and "routing proxy" in message)
+    except (anthropic.APIConnectionError, TimeoutError) as error:
+        return f"no answer: {type(error).__name__}", False
+
+
+def run_mix(url: str, fake: FakeUpstream, concurrency: int) -> list[Ending]:
+    plan = [(kind, make) for kind, count, make in MIX for _ in range(count)]
+    random.Random(9).shuffle(plan)
+    models = ("claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7")
+
+    async def run() -> list[Ending]:
+        gate = asyncio.Semaphore(concurrency)
+        client = anthropic.AsyncAnthropic(base_url=url, api_key=API_KEY,
+                                          timeout=CLIENT_DEADLINE)
+
+        async def one(i: int, kind: str, make: Kind) -> Ending:
+            stream = kind in SLOW_KINDS[1:] or i % 2 == 0
+            key = f"mix-{i}"
+            fake.script_for(key, *make())
+            async with gate:
+                started = time.monotonic()
+                result, local = await sdk_request(client, key, models[i % 3], stream)
+                return Ending(kind, stream, result, time.monotonic() - started, local)
+
+        try:
+            return await asyncio.gather(*(one(i, k, m) for i, (k, m) in enumerate(plan)))
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def mix_table(endings: list[Ending]) -> str:
+    """The figures of a mix run, by fault, for the docs."""
+    lines = ["| upstream fault | requests | complete answers | Anthropic-shaped errors | "
+             "no answer | slowest (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for kind, _, _ in MIX:
+        rows = [e for e in endings if e.kind == kind]
+        ok = sum(e.result == "ok" for e in rows)
+        errors = sum(e.result.startswith("error") for e in rows)
+        lines.append(f"| {kind} | {len(rows)} | {ok} | {errors} | {len(rows) - ok - errors} | "
+                     f"{max(e.seconds for e in rows):.1f} |")
+    return "\n".join(lines)
+
+
+def test_the_fault_mix_with_the_shipped_config(fake: FakeUpstream, start_proxy: Any) -> None:
+    """The 300-request mix through the shipped router.yaml, 16 SDK clients at a time, each
+    giving up after 60 s: every request gets a complete answer or an Anthropic-shaped error,
+    the recoverable ones recover, the hung ones end within 30 s, the proxy refuses nothing
+    itself, and its extra attempts stay within the retry budget."""
+    started = time.monotonic()
+    url = start_proxy(None)  # router.yaml as shipped, only pointed at the fake
+    config = RUNNING[url].state.policy.config
+    endings = run_mix(url, fake, concurrency=16)
+    elapsed = time.monotonic() - started
+    print("\n" + mix_table(endings))
+    no_answer = [e for e in endings if e.result.startswith("no answer")]
+    assert not no_answer, no_answer
+    for kind in ("plain", "20 ms delay", "first two attempts 529", "first attempt 429",
+                 "connection dropped"):
+        failed = [e for e in endings if e.kind == kind and e.result != "ok"]
+        assert not failed, (kind, failed)
+    assert not [e for e in endings if e.proxy_made_529]
+    slow = [e for e in endings if e.kind in SLOW_KINDS and e.seconds >= 30]
+    assert not slow, slow
+    assert wait_for(lambda: total(scrape(url), "router_requests_total") >= len(endings), 10)
+    proxy_requests = total(scrape(url), "router_requests_total")
+    extra = len(fake.received) - proxy_requests
+    budget = config.upstream.retry_budget
+    allowed = budget.burst + budget.ratio * proxy_requests + budget.min_per_second * elapsed
+    print(f"client requests {len(endings)}, proxy requests {proxy_requests:.0f}, upstream "
+          f"attempts {len(fake.received)}, extra {extra:.0f} (budget {allowed:.0f}), "
+          f"{elapsed:.0f} s")
+    assert extra <= allowed
+
+
+def count_attempts(base_url: str, fake: FakeUpstream, n: int, concurrency: int) -> int:
+    """Upstream attempts for ``n`` SDK calls (default retries) under a 529 that never ends."""
+    fake.clear()
+    fake.script(*[Fail(529, "overloaded_error")] * (n * 12))
+
+    async def run() -> list[str]:
+        gate = asyncio.Semaphore(concurrency)
+        client = anthropic.AsyncAnthropic(base_url=base_url, api_key=API_KEY, timeout=30)
+
+        async def one(i: int) -> str:
+            async with gate:
+                return (await sdk_request(client, f"overload-{i}", "claude-sonnet-4-6",
+                                          stream=i % 2 == 0))[0]
+        try:
+            return await asyncio.gather(*(one(i) for i in range(n)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(run())
+    assert all(r == "error 529 overloaded_error" for r in results), results
+    return len(fake.received)
+
+
+def test_a_persistent_overload_is_not_multiplied(fake: FakeUpstream, start_proxy: Any) -> None:
+    """Every model answers 529 forever: through the shipped config the SDK's calls reach the
+    upstream at most 1.5x as often as the SDK calling the API directly."""
+    n = 40
+    direct = count_attempts(fake.url, fake, n, concurrency=8)
+    url = start_proxy(None)
+    proxied = count_attempts(url, fake, n, concurrency=8)
+    print(f"\nupstream attempts per client request under a persistent 529: SDK direct "
+          f"{direct / n:.2f}, through the proxy {proxied / n:.2f} "
+          f"(ratio {proxied / direct:.2f})")
+    assert direct == 3 * n  # the SDK's own 2 retries
+    assert proxied <= 1.5 * direct

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import http.client
+import itertools
 import json
 import random
 import re
@@ -33,17 +34,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+import msgspec
 import pytest
 import uvicorn
+from aiohttp import web
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from router.app import create_app
-from router.config import BreakerConfig
 from router.fake import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
 from router.routing.rules import Policy
-from router.upstream.forward import reported_as
-from tests.conftest import make_policy, with_section, without_retries
+from router.upstream.relay import reported_as
+from tests.conftest import RUNNING, make_policy, running_proxy, with_section, without_retries
+from tests.test_routing_e2e import wait_for
 
 API_KEY = "sk-ant-fuzz-7f3a9c1e5b2d4068aa"
 """Distinctive, so any echo of it in an answer is unmistakable."""
@@ -131,11 +134,10 @@ class Pool:
 @pytest.fixture(scope="module")
 def pool(fake_server: FakeUpstream) -> Iterator[Pool]:
     """A client of this module's own passthrough proxy: like ``proxy_url`` (no retries, so the
-    client sees what the upstream said), but with circuit breakers that never open. Inputs the
-    fake answers with a 5xx would otherwise open the shared proxy's circuits for 30 s and turn
-    later tests, here and in other modules, into 529s."""
-    policy = with_section(without_retries(make_policy(fake_server.url)), "upstream",
-                          breaker=BreakerConfig(failures=10**9, cooldown=0.0))
+    client sees what the upstream said). Inputs the fake answers with a 5xx may open circuits;
+    with no fallback, an open circuit still sends each request upstream once, so what the
+    client sees stays what the upstream said."""
+    policy = without_retries(make_policy(fake_server.url))
     with serving(policy) as url:
         p = Pool(url)
         yield p
@@ -825,3 +827,254 @@ def test_regression_path_and_query_are_not_reinterpreted(fake: FakeUpstream, poo
     assert answer is not None
     got = [(r.path, r.query) for r in fake.received[before:]]
     assert all(item == (upstream, query) for item in got), got
+
+
+# ---------------------------------------------------------------------- what the upstream sends
+
+
+class RawUpstream:
+    """An upstream on loopback that answers every request with the bytes a test gives it: a 200
+    ``text/event-stream`` sent as chunks in the pieces given, a little apart, then a clean end.
+    What no faithful fake would send: truncated events, odd line endings split anywhere, huge
+    events, bad JSON."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=200, headers={
+            "content-type": "text/event-stream; charset=utf-8", "request-id": "req_raw"})
+        await response.prepare(request)
+        for piece in self.pieces:
+            await response.write(piece)
+            await asyncio.sleep(0.002)  # apart, so that the proxy reads them apart
+        await response.write_eof()
+        return response
+
+    def __enter__(self) -> RawUpstream:
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = self._runner.addresses[0][:2]
+            self.url = f"http://{host}:{port}"
+
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.fixture(scope="module")
+def raw_pool() -> Iterator[tuple[Pool, RawUpstream]]:
+    """A proxy without retries in front of :class:`RawUpstream`, with a short idle wait."""
+    with RawUpstream() as raw:
+        policy = with_timeouts(without_retries(make_policy(raw.url)), idle=2.0, quiet=2.0)
+        with serving(policy) as url:
+            p = Pool(url)
+            yield p, raw
+            p.close()
+
+
+def with_timeouts(policy: Policy, **changes: float) -> Policy:
+    upstream = policy.config.upstream
+    return with_section(policy, "upstream",
+                        timeouts=msgspec.structs.replace(upstream.timeouts, **changes))
+
+
+def sse(name: str, data: str) -> bytes:
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+SSE_EVENTS = [
+    sse("message_start", '{"type":"message_start","message":{"id":"msg_1","type":"message",'
+        '"role":"assistant","content":[],"model":"claude-sonnet-4-6","usage":'
+        '{"input_tokens":12,"output_tokens":1}}}'),
+    sse("content_block_start", '{"type":"content_block_start","index":0,"content_block":'
+        '{"type":"text","text":""}}'),
+    sse("ping", '{"type": "ping"}'),
+    sse("content_block_delta", '{"type":"content_block_delta","index":0,"delta":'
+        '{"type":"text_delta","text":"Hi"}}'),
+    sse("content_block_stop", '{"type":"content_block_stop","index":0  }'),
+    sse("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+        '"usage":{"output_tokens":5}}'),
+    sse("message_stop", '{"type":"message_stop"}'),
+    sse("error", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'),
+    sse("message_start", '{"type":"message_start","message":{"usage":{"input_tokens":"x"}}'),
+    sse("message_delta", "{not json"),
+    sse("content_block_start", "[1, 2"),
+    sse("future_event", '{"type":"future_event"}'),
+    b": a comment\n\n",
+    b"data: {}\n\n",
+    b"event: \xff\xfe\ndata: \x00\n\n",
+]
+HUGE_EVENT = sse("content_block_delta", '{"type":"content_block_delta","index":0,"delta":'
+                 '{"type":"text_delta","text":"' + "z" * (1 << 21) + '"}}')
+
+
+def ended_properly(stream: bytes) -> bool:
+    """Whether a stream holds a complete ``message_stop`` or ``error`` event (a reference
+    reading, independent of the proxy's)."""
+    text = stream.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    for block in text.split(b"\n\n")[:-1]:
+        names = [line[6:].strip() for line in block.split(b"\n") if line.startswith(b"event:")]
+        if names and names[-1] in (b"message_stop", b"error"):
+            return True
+    return False
+
+
+@fuzz(150)
+@given(events=st.lists(st.sampled_from(SSE_EVENTS), min_size=1, max_size=10),
+       huge=st.integers(0, 20), newline=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+       cut=st.none() | st.integers(0, 2000), splits=st.lists(st.integers(1, 2000), max_size=6))
+def test_whatever_the_upstream_streams_reaches_the_client_whole_then_ends(
+        fake: FakeUpstream, raw_pool: tuple[Pool, RawUpstream], events: list[bytes], huge: int,
+        newline: bytes, cut: int | None, splits: list[int]) -> None:
+    """Every upstream byte is relayed as it came; a stream that did not end properly (truncated,
+    no ``message_stop``) gets one ``error`` event from the proxy after it; nothing hangs, leaks
+    or crashes."""
+    pool, raw = raw_pool
+    if huge == 0:
+        events = [*events[:1], HUGE_EVENT, *events[1:]]
+    stream = b"".join(events).replace(b"\n", newline)
+    if cut is not None:
+        stream = stream[:cut]
+    points = sorted({p for p in splits if p < len(stream)})
+    raw.pieces = [stream[a:b] for a, b in itertools.pairwise([0, *points, len(stream)])]
+    body = json.dumps({**GOOD, "stream": True}).encode()
+    started = time.monotonic()
+    answer = pool.send(Sent("POST", "/v1/messages", body, headers_for()))
+    assert time.monotonic() - started < 10
+    assert answer is not None
+    if not stream:
+        # An empty 200 stream: nothing to relay, the proxy's own shaped 502.
+        assert answer.status == 502 and json.loads(answer.body)["type"] == "error"
+        return
+    assert answer.status == 200, answer
+    assert answer.body.startswith(stream), "the upstream's bytes were not relayed untouched"
+    added = answer.body[len(stream):]
+    note(f"added by the proxy: {added[:300]!r}")
+    assert not LEAKS.search(added.decode("utf-8", "replace"))
+    if ended_properly(stream):
+        assert added == b""
+    else:
+        # After a line left open, a blank line first, so the error event stands alone.
+        assert added.lstrip(b"\r\n").startswith(b"event: error\ndata: ")
+        error = json.loads(added.split(b"data: ", 1)[1])
+        assert error["type"] == "error" and error["error"]["type"] == "api_error"
+
+
+# ---------------------------------------------------------------------- how the client sends
+
+
+@pytest.fixture(scope="module")
+def impatient(fake_server: FakeUpstream) -> Iterator[str]:
+    """A proxy that gives clients 0.5 s to send their body and holds at most 4 kB of bodies."""
+    policy = with_section(make_policy(fake_server.url), "server", body_timeout=0.5,
+                          max_buffered_bytes=4096)
+    with running_proxy(policy) as url:
+        yield url
+
+
+def raw_request(url: str, head: bytes) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 10)
+    sock.sendall(head)
+    return sock
+
+
+def read_answer(sock: socket.socket) -> tuple[int, bytes]:
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+    return status, data
+
+
+def head_for(url: str, length: int | None) -> bytes:
+    framing = f"content-length: {length}" if length is not None else "transfer-encoding: chunked"
+    return (f"POST /v1/messages HTTP/1.1\r\nhost: {urlsplit(url).netloc}\r\n"
+            f"x-api-key: {API_KEY}\r\nanthropic-version: 2023-06-01\r\n"
+            f"content-type: application/json\r\n{framing}\r\n\r\n").encode()
+
+
+def test_a_slow_sender_gets_a_408_and_frees_its_place(impatient: str) -> None:
+    body = json.dumps(GOOD).encode()
+    sock = raw_request(impatient, head_for(impatient, len(body)) + body[:10])
+    started = time.monotonic()
+    status, data = read_answer(sock)
+    sock.close()
+    assert status == 408, data
+    assert 0.4 < time.monotonic() - started < 3
+    assert b'"timeout_error"' in data and b"x-should-retry: true" in data.lower()
+    state = RUNNING[impatient].state
+    assert state.gate.requests == 0 and state.gate.bytes == 0
+
+
+def test_a_chunked_body_is_held_by_the_gate_as_it_arrives(impatient: str) -> None:
+    """Bodies without a length count against the byte bound as their chunks arrive: a second
+    body past the bound is refused with a 529 that says when to come back."""
+    first = raw_request(impatient, head_for(impatient, None) + b"bb8\r\n" + b" " * 3000 + b"\r\n")
+    state = RUNNING[impatient].state
+    deadline = time.monotonic() + 3
+    while state.gate.bytes < 3000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert state.gate.bytes >= 3000
+    second = raw_request(impatient, head_for(impatient, None) + b"7d0\r\n" + b" " * 2000 + b"\r\n")
+    status, data = read_answer(second)
+    second.close()
+    assert status == 529, data
+    assert b"retry-after: 1" in data.lower() and b"x-should-retry: true" in data.lower()
+    rest = json.dumps(GOOD).encode()
+    first.sendall(f"{len(rest):x}\r\n".encode() + rest + b"\r\n0\r\n\r\n")
+    status, data = read_answer(first)
+    first.close()
+    assert status == 200, data  # leading whitespace is valid JSON
+    assert wait_for(lambda: state.gate.bytes == 0 and state.gate.requests == 0, 3)
+
+
+@fuzz(40)
+@given(splits=st.lists(st.integers(1, 200), max_size=8), pause=st.sampled_from([0, 0.005, 0.03]))
+def test_a_body_in_any_pieces_at_any_pace_is_read_whole(
+        fake: FakeUpstream, impatient: str, splits: list[int], pause: float) -> None:
+    body = json.dumps(GOOD).encode()
+    points = sorted({p for p in splits if p < len(body)})
+    pieces = [body[a:b] for a, b in itertools.pairwise([0, *points, len(body)])]
+    sock = raw_request(impatient, head_for(impatient, None))
+    for piece in pieces:
+        sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        time.sleep(pause)
+    sock.sendall(b"0\r\n\r\n")
+    status, data = read_answer(sock)
+    sock.close()
+    assert status == 200, data
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", "/v1/messages", "POST"),
+    ("PUT", "/v1/messages/count_tokens", "POST"),
+    ("POST", "/v1/models", "GET"),
+    ("DELETE", "/metrics", "GET"),
+])
+def test_a_405_says_which_methods_are_allowed(fake: FakeUpstream, pool: Pool, method: str,
+                                              path: str, allow: str) -> None:
+    answer = pool.send(Sent(method, path, b"{}" if method != "GET" else None, headers_for()))
+    assert answer is not None and answer.status == 405, answer
+    assert json.loads(answer.body)["error"]["type"] == "invalid_request_error"
+    assert allow in (answer.header("allow") or "").replace(" ", "").split(",")
+    assert answer.header("x-should-retry") == "false"

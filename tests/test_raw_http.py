@@ -153,7 +153,8 @@ def test_stream_cut_by_upstream_ends_with_an_error_event(fake: FakeUpstream, pro
 
 
 def test_upstream_timeout_is_a_retryable_504(fake: FakeUpstream, start_proxy: Any) -> None:
-    url = start_proxy(policy=without_retries(make_policy(fake.url), first_byte=0.3))
+    url = start_proxy(policy=without_retries(make_policy(fake.url), first_event=0.3,
+                                              per_1k_output=0))
     fake.script(Stall(2.0))
     status, headers, data = post(url, json.dumps(BODY).encode())
     assert status == 504

@@ -17,7 +17,7 @@ from router.accounting.metrics import OTHER, Metrics
 from router.routing.decide import Decision
 from router.routing.rules import Policy
 from router.routing.tokens import FactorLearner
-from router.upstream.forward import Outcome, usd_text
+from router.upstream.relay import Outcome, usd_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +211,8 @@ def log_fields(record: Record, tokens: Tokens, cost: Decimal | None) -> dict[str
             fields["retries"] = [reason for _, reason in outcome.retries]
         if outcome.fallbacks:
             fields["fallbacks"] = [f"{a}->{b}" for a, b in outcome.fallbacks]
+        if outcome.budget_denied:
+            fields["retry_budget_spent"] = True
         fields["upstream_request_id"] = outcome.upstream_request_id
         fields["stream"] = outcome.stream
         fields["upstream_ms"] = round(outcome.upstream_seconds * 1000, 3)
