@@ -188,10 +188,15 @@ def test_a_zero_budget_never_retries() -> None:
 # --------------------------------------------------------------------------- circuit breakers
 
 
-def breakers(clock: Clock, **changes: float) -> Breakers:
-    config = BreakerConfig(**{"failure_rate": 0.5, "min_requests": 4, "window": 10,
-                              "cooldown": 5, **changes})  # type: ignore[arg-type]
-    return Breakers(config, clock)
+def breakers(clock: Clock) -> Breakers:
+    return Breakers(BreakerConfig(failure_rate=0.5, min_requests=4, window=10, cooldown=5), clock)
+
+
+def tripped(clock: Clock) -> Breakers:
+    """Breakers whose model ``m`` has just opened: four failed requests of four."""
+    b = breakers(clock)
+    assert [b.record("m", failed=True) for _ in range(4)] == [False, False, False, True]
+    return b
 
 
 def test_opens_on_the_failure_rate_once_the_window_holds_enough() -> None:
@@ -227,9 +232,7 @@ def test_old_verdicts_leave_the_window() -> None:
 
 def test_open_then_one_probe_then_closed() -> None:
     clock = Clock()
-    b = breakers(clock)
-    for _ in range(4):
-        b.record("m", failed=True)
+    b = tripped(clock)
     clock.now += 4.9
     assert not b.allows("m")
     clock.now += 0.2
@@ -242,9 +245,7 @@ def test_open_then_one_probe_then_closed() -> None:
 
 def test_a_failed_probe_opens_it_again_for_a_full_cooldown() -> None:
     clock = Clock()
-    b = breakers(clock)
-    for _ in range(4):
-        b.record("m", failed=True)
+    b = tripped(clock)
     clock.now += 5.1
     assert b.allows("m")
     assert b.record("m", failed=True)
@@ -256,9 +257,7 @@ def test_a_failed_probe_opens_it_again_for_a_full_cooldown() -> None:
 
 def test_a_probe_without_a_verdict_frees_its_slot() -> None:
     clock = Clock()
-    b = breakers(clock)
-    for _ in range(4):
-        b.record("m", failed=True)
+    b = tripped(clock)
     clock.now += 6
     assert b.allows("m")
     b.release("m")
@@ -267,9 +266,7 @@ def test_a_probe_without_a_verdict_frees_its_slot() -> None:
 
 def test_a_request_sent_while_open_that_succeeds_closes_it() -> None:
     clock = Clock()
-    b = breakers(clock)
-    for _ in range(4):
-        b.record("m", failed=True)
+    b = tripped(clock)
     assert not b.record("m", failed=True)  # sent anyway (nowhere else to go): no change
     assert b.is_open("m")
     b.record("m", failed=False)
@@ -278,11 +275,9 @@ def test_a_request_sent_while_open_that_succeeds_closes_it() -> None:
 
 def test_models_are_independent_and_bounded_in_number() -> None:
     clock = Clock()
-    b = breakers(clock)
+    b = tripped(clock)
     b.max_models = 3
-    for _ in range(4):
-        b.record("a", failed=True)
-    assert not b.allows("a") and b.allows("b")
+    assert not b.allows("m") and b.allows("b")
     for name in ("b", "c", "d", "e"):
         b.record(name, failed=False)
     assert len(b) == 3
