@@ -10,7 +10,8 @@ with the shipped router.yaml, only pointed at the fake. Requests start at a stea
 (at most ``--clients`` in flight), streamed and plain, a tenth of them with thinking in one of
 50 conversations. Every 5 s the proxy process reports its RSS, open file descriptors, asyncio
 tasks, upstream connections and the sizes of everything it keeps per key (conversations,
-circuits, metric children, token cache, pending exact counts, the admission gate).
+circuits, metric children, token cache, pending exact counts, the admission gate, the
+conversation store's keys).
 
 Reports, as a Markdown table (or JSON): requests served and how they ended (as the client saw
 them), latency, the proxy's RSS and internals after warmup and at the end, upstream attempts and
@@ -184,12 +185,22 @@ def probe(app: Any) -> dict[str, float]:
         "upstream_connections_idle": idle,
         "requests_in_flight": state.gate.requests,
         "body_bytes_held": state.gate.bytes,
-        "conversations_remembered": len(state.memory),
+        "state_store_keys": store_keys(state.store),
         "circuits": len(state.breakers),
         "metric_children": len(state.metrics._children),
         "token_cache_entries": len(getattr(state.counter, "_cache", ())),
         "exact_counts_pending": len(state.background),
     }
+
+
+def store_keys(store: Any) -> float:
+    """Keys in the conversation store (SQLite rows, or a memory store's entries; -1 unknown)."""
+    for candidate in (store, getattr(store, "_primary", None), getattr(store, "_local", None)):
+        if hasattr(candidate, "count"):
+            return float(candidate.count())
+        if hasattr(candidate, "__len__"):
+            return float(len(candidate))
+    return -1.0
 
 
 def serve_probed(config_path: str, port: int) -> None:
@@ -233,7 +244,7 @@ def proxy_process(upstream: str, workdir: Path, probes: list[dict[str, float]]
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve-probed", str(config), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=log,
-        env={**os.environ, "ROUTER_UPSTREAM_URL": upstream},
+        env={**os.environ, "ROUTER_UPSTREAM_URL": upstream, "ROUTER_STATE_DIR": str(workdir)},
     )
     assert proc.stdout is not None
     stdout = proc.stdout
