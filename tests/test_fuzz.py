@@ -995,15 +995,22 @@ def raw_request(url: str, head: bytes) -> socket.socket:
 
 
 def read_answer(sock: socket.socket) -> tuple[int, bytes]:
+    """The status and the whole answer (head and a body of content-length) of a raw request."""
     sock.settimeout(10)
     data = b""
-    while b"\r\n\r\n" not in data:
+    while b"\r\n\r\n" not in data or len(data) < _answer_length(data):
         chunk = sock.recv(65536)
         if not chunk:
             break
         data += chunk
     status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
     return status, data
+
+
+def _answer_length(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return len(head) + 4 + (int(found.group(1)) if found else 0)
 
 
 def head_for(url: str, length: int | None) -> bytes:
