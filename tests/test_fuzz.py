@@ -1030,7 +1030,8 @@ def test_a_slow_sender_gets_a_408_and_frees_its_place(impatient: str) -> None:
     assert 0.4 < time.monotonic() - started < 3
     assert b'"timeout_error"' in data and b"x-should-retry: true" in data.lower()
     state = RUNNING[impatient].state
-    assert state.gate.requests == 0 and state.gate.bytes == 0
+    # Released just after the answer went out.
+    assert wait_for(lambda: state.gate.requests == 0 and state.gate.bytes == 0, 3)
 
 
 def test_a_chunked_body_is_held_by_the_gate_as_it_arrives(impatient: str) -> None:
