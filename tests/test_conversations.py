@@ -367,3 +367,13 @@ def test_the_shipped_capabilities_agree_with_the_upstreams_catalogue() -> None:
         assert set(caps.effort) == set(spec.effort), spec.id
         assert set(caps.aliases) == set(spec.aliases), spec.id
     assert compared >= 12
+
+
+def test_a_conversation_that_stays_keeps_its_own_models_fallbacks() -> None:
+    # On Sonnet with a large warm cache, the rules say Haiku: it stays on Sonnet, and if Sonnet
+    # is overloaded it may fall back as Sonnet does (to Haiku), not as Haiku would.
+    conv = conversation(history(), state(SONNET, cached=60_000, ttl=3600, expires_in=3000))
+    d = decide(features(complexity="simple", requested_model=SONNET, input_tokens=60_200),
+               shipped(), conversation=conv)
+    assert (d.model, d.action) == (SONNET, "stay")
+    assert d.fallbacks == (HAIKU,)

@@ -229,13 +229,16 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
         current = config.resolve_model(features.requested_model)
     conversation = _assuming(conversation, current)
     usable = current is not None and available(current) and _can_serve(policy, current, needs)
+    here = policy.tier_of(current) if current is not None else None
+    own = (_fallbacks(policy, here, current, bounds, features, needs)
+           if here is not None and current is not None else ())
 
     if history.in_tool_loop:
         if current is None:
             return _continued(ruled, conversation, action="new")
         if usable:
             return _staying(ruled, policy, current, "tool-loop",
-                            "inside a tool loop the model never changes", conversation)
+                            "inside a tool loop the model never changes", conversation, own)
         # The loop's model is gone or cannot serve this turn: leave it, without its thinking.
         moved = _continued(ruled, conversation, action="tool-loop")
         why = "unavailable" if not available(current) else "cannot serve this turn"
@@ -257,10 +260,9 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
     affinity = settings.affinity
     if affinity == "turn" or (winner is not None and winner.allow_model_switch):
         return _continued(target, conversation, action="turn")
-    here = policy.tier_of(current)
     if affinity == "sticky":
         return _staying(target, policy, current, "sticky", "the conversation keeps its first "
-                        "model", conversation)
+                        "model", conversation, own)
     if here is None or target.tier is None or _bounded(here, bounds) != here:
         return _continued(target, conversation, action="turn")
     up, down = TIERS.index(target.tier), TIERS.index(here)
@@ -272,7 +274,7 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
         return _continued(best, conversation, action="up", note=note)
     if up == down:
         return _staying(target, policy, current, "stay", "same tier as the conversation",
-                        conversation)
+                        conversation, own)
     prices = (policy.price_of(current), policy.price_of(target.model))
     if prices[0] is None or prices[1] is None:
         # Without prices the move cannot be shown to cost more: the rules have it.
@@ -287,7 +289,7 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
         return _continued(target, conversation, action="down",
                           note=math.describe(current, target.model))
     return _staying(target, policy, current, "stay", math.describe(current, target.model),
-                    conversation)
+                    conversation, own)
 
 
 def _cheapest_warm(policy: Policy, target: Decision, bounds: list[Rule], features: Features,
@@ -349,14 +351,14 @@ def _ruled_to(policy: Policy, tier: Tier, ruled: Decision, bounds: list[Rule],
 
 
 def _staying(ruled: Decision, policy: Policy, model: str, action: str, why: str,
-             conversation: Conversation) -> Decision:
-    """The conversation keeps ``model``: the rules' view stays in the reason, for ``explain``."""
+             conversation: Conversation, own: tuple[str, ...]) -> Decision:
+    """The conversation keeps ``model`` (whose own fallbacks are ``own``): the rules' view stays
+    in the reason, for ``explain``."""
     same = model == ruled.model
     reason = why if same else f"{why} (the rules alone say {ruled.model}: {ruled.reason})"
     # A model bound by thinking signatures cannot fall back: another model would refuse them.
     signed = bool(conversation.history.signatures)
-    fallbacks = () if signed else (ruled.fallbacks if same else tuple(
-        m for m in ruled.fallbacks if m != model))
+    fallbacks = () if signed else (ruled.fallbacks if same else own)
     # When the rules agree, they decided; the conversation only explains a difference.
     rule = ruled.rule if same else "conversation"
     return Decision(model, policy.tier_of(model), rule, reason, ruled.trace,
