@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,17 +17,19 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from router.accounting.account import Books
 from router.accounting.metrics import Metrics
-from router.config import resolve_config_path
+from router.budgets import Budgets
+from router.config import ConfigError, resolve_config_path
 from router.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     RequestTooLarge,
     RouterError,
     error_response,
     new_request_id,
 )
-from router.parse import header_map
+from router.parse import header_map, require_api_key
 from router.pipeline import Endpoint, RouterState, explain, proxy
 from router.reload import watching
 from router.routing.rules import Policy, load_policy
@@ -68,12 +71,27 @@ def _proxied_tree(root: str, endpoint: Endpoint) -> Any:
     return asgi(root, is_mount=True, copy_scope=True, name=f"proxy_{endpoint.value}")(handler)
 
 
-@get("/metrics", sync_to_thread=False)
-def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus exposition: summed over all workers when there are several."""
+@get("/metrics")
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus exposition: summed over all workers when there are several; budget gauges
+    read from the store now."""
     state: RouterState = request.app.state.router
+    await state.budgets.refresh(state.metrics)
     body, content_type = state.metrics.exposition()
     return Response(body, media_type=content_type)
+
+
+@get("/v1/router/budgets")
+async def budgets_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Every budget's spend and limits, as JSON: for an admin key (``keys.admin``) only."""
+    state: RouterState = request.app.state.router
+    headers = header_map(request.scope["headers"])
+    require_api_key(headers)
+    if not state.budgets.keyring.is_admin(headers):
+        raise PermissionDenied("GET /v1/router/budgets needs an admin key (keys.admin in "
+                               "router.yaml)")
+    report = await state.budgets.report()
+    return Response(msgspec.json.encode(report), media_type="application/json")
 
 
 @route("/api/hello", http_method=["GET", "HEAD"], sync_to_thread=False)
@@ -210,6 +228,8 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
 
         try:
             async with opened_store(config.state, on_fallback=fell_back) as store:
+                # The environment is read here, once: managed mode's upstream keys.
+                budgets = Budgets(store, config, os.environ, fell_back, policy.loaded.source)
                 state = RouterState(
                     policy=policy,
                     upstream=upstream,
@@ -220,10 +240,20 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
                     breakers=Breakers(config.upstream.breaker),
                     budget=RetryBudget(config.upstream.retry_budget),
                     gate=Gate(config.server.max_in_flight, config.server.max_buffered_bytes),
+                    budgets=budgets,
                 )
                 app.state.router = state
 
                 def install(new: Policy) -> None:
+                    try:
+                        budgets.configure(new.config, new.loaded.source)
+                    except ConfigError as err:
+                        # Keys without their upstream key would fail every request: keep the
+                        # config that works.
+                        logging.getLogger("router.reload").error(
+                            {"event": "config_reload", "result": "error",
+                             "source": err.source, "problems": err.problems})
+                        return
                     books.configure(new)
                     state.policy = new
 
@@ -231,7 +261,7 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
                     books.metrics.reloads.labels("ok" if ok else "error").inc()
 
                 async with watching(config_path, install, config.server.reload_poll_seconds,
-                                    counted):
+                                    counted, lambda: state.policy.loaded.files):
                     yield
         finally:
             await upstream.close()
@@ -242,6 +272,7 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
             _proxied("/v1/messages/count_tokens", Endpoint.COUNT_TOKENS),
             _proxied_tree("/v1/models", Endpoint.MODELS),
             explain_endpoint,
+            budgets_endpoint,
             metrics_endpoint,
             healthz,
             readyz,

@@ -42,6 +42,7 @@ def cli() -> None:
       router check --config router.yaml     # validate, exit 1 with each bad key and line
       router explain request.json           # which model a request would get, and why
       router demo                           # everything, on a simulated upstream, no key
+      router keys new --team platform       # a proxy key for managed mode, and its line
     """
 
 
@@ -77,6 +78,7 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
 
     path = resolve_config_path(config_path)
     policy = _load_or_exit(path)
+    _check_upstream_keys(policy)
     configure_logging(log_level)
     if path:
         # Workers re-read the config from the environment in their own process.
@@ -227,6 +229,71 @@ def demo(config_path: str | None, host: str, port: int, rate: float, duration: f
     asyncio.run(serve_demo(policy, host, port, rate, duration, announce))
 
 
+@cli.group()
+def keys() -> None:
+    """Issue proxy keys and hash existing ones (docs/budgets.md).
+
+    \b
+    Examples:
+      router keys new --team platform --name alice-laptop
+      router keys new --admin
+      echo -n "$ANTHROPIC_API_KEY" | router keys hash
+    """
+
+
+@keys.command("new")
+@click.option("--team", help="The team the key's spend counts against.")
+@click.option("--name", help="A name for the key (default: the team and a random suffix).")
+@click.option("--admin", is_flag=True, help="An admin key, for GET /v1/router/budgets.")
+@click.option("--json", "as_json", is_flag=True, help="Print the key and its hash as JSON.")
+def keys_new(team: str | None, name: str | None, admin: bool, as_json: bool) -> None:
+    """Print a new key, once, and the line to add to router.yaml (or the keys file).
+
+    The key itself is not kept anywhere: give it to its holder now. router.yaml holds only its
+    SHA-256, and a running proxy picks the line up when the file is saved.
+
+    \b
+    Examples:
+      router keys new --team platform
+      router keys new --team research --name batch-jobs --json
+      router keys new --admin
+    """
+    from router.budgets import key_hash, new_key
+
+    if not admin and not team:
+        _fail("keys new needs --team (or --admin for an admin key)")
+    key = new_key()
+    digest = key_hash(key)
+    name = name or (f"{team}-{digest[:6]}" if team else f"admin-{digest[:6]}")
+    line = (f'- "{digest}"' if admin else
+            f'- {{name: {json.dumps(name)}, team: {json.dumps(team)}, sha256: "{digest}"}}')
+    where = "keys.admin" if admin else "keys.issued (or to the keys file)"
+    if as_json:
+        click.echo(json.dumps({"key": key, "sha256": digest, "name": None if admin else name,
+                               "team": team, "admin": admin, "line": line}))
+        return
+    click.echo(f"key (shown once, give it to its holder): {key}")
+    click.echo(f"add under {where} in router.yaml:")
+    click.echo(f"  {line}")
+
+
+@keys.command("hash")
+@click.argument("key_file", type=click.File("r"), default="-", metavar="[FILE]")
+def keys_hash(key_file: Any) -> None:
+    """Print the SHA-256 of a key read from FILE or stdin (to list a passthrough key).
+
+    \b
+    Examples:
+      echo -n "$ANTHROPIC_API_KEY" | router keys hash
+    """
+    from router.budgets import key_hash
+
+    key = key_file.read().strip()
+    if not key:
+        _fail("no key on input")
+    click.echo(key_hash(key))
+
+
 async def _conversation_of(parsed: Parsed, state: StateConfig) -> Conversation | None:
     """The request's conversation as the server sees it, read from the configured store (the
     same SQLite file or Redis the server uses); without one, a conversation with no state."""
@@ -314,6 +381,18 @@ def _fail(message: str) -> NoReturn:
 def _load_or_exit(path: str | None) -> Policy:
     try:
         return load_policy(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            click.echo(f"{err.source}: {problem}", err=True)
+        sys.exit(1)
+
+
+def _check_upstream_keys(policy: Policy) -> None:
+    """Exit with one line per problem unless managed mode finds its upstream keys."""
+    from router.budgets import Keyring
+
+    try:
+        Keyring(policy.config, os.environ, policy.loaded.source)
     except ConfigError as err:
         for problem in err.problems:
             click.echo(f"{err.source}: {problem}", err=True)

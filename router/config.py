@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from importlib import resources
@@ -290,10 +291,75 @@ class PricingConfig(_Section, frozen=True, kw_only=True):
     models: dict[str, ModelPrice] = {}
 
 
+class Limits(_Section, frozen=True, kw_only=True):
+    """What a key, a team or a passthrough caller may use (docs/budgets.md). Unset: no limit.
+
+    Spend counts what the account stage prices from reported usage; rates are token buckets
+    that refill continuously (a full minute's worth at most)."""
+
+    usd_per_day: float | None = None
+    usd_per_week: float | None = None
+    usd_per_month: float | None = None
+    requests_per_minute: int | None = None
+    input_tokens_per_minute: int | None = None
+    """Uncached input plus cache writes, as the API counts them (cache reads are free)."""
+    output_tokens_per_minute: int | None = None
+    """Reserved at ``max_tokens`` when a request starts, the unused part given back at its end."""
+
+
+class KeyConfig(_Section, frozen=True, kw_only=True):
+    """One API key the proxy knows (``router keys new`` prints the line to add)."""
+
+    name: str
+    """Shown in logs, metrics' budget gauges and ``GET /v1/router/budgets``; never the key."""
+    team: str
+    sha256: str
+    """Hex SHA-256 of the whole key: the key itself is never stored."""
+    revoked: bool = False
+    """Refuse it with a 401 (kept listed so its spend stays attributed)."""
+    limits: Limits = Limits()
+
+
+class TeamConfig(_Section, frozen=True, kw_only=True):
+    """A team: its shared limits and, in managed mode, the upstream key its requests use."""
+
+    limits: Limits = Limits()
+    upstream_key_env: str | None = None
+    """Environment variable holding this team's Anthropic key (default: the keys section's)."""
+
+
+class KeysConfig(_Section, frozen=True, kw_only=True):
+    """Who calls the proxy (docs/budgets.md)."""
+
+    mode: Literal["passthrough", "managed"] = "passthrough"
+    """``passthrough``: clients send their own Anthropic keys, forwarded as they are (a listed
+    key gets its name, team and limits); ``managed``: clients send keys the proxy issued, which
+    never go upstream, and any other key gets a 401."""
+    file: str | None = None
+    """A YAML file with more keys (a list shaped like ``issued``), relative to router.yaml."""
+    upstream_key_env: str = "ANTHROPIC_API_KEY"
+    """Managed mode: the environment variable holding the Anthropic key requests are sent with
+    (read once, at start)."""
+    admin: tuple[str, ...] = ()
+    """Hex SHA-256 of the keys that may read ``GET /v1/router/budgets``."""
+    issued: tuple[KeyConfig, ...] = ()
+
+
 class BudgetsConfig(_Section, frozen=True, kw_only=True):
-    """Spend budgets, exported as metrics for alerts to compare against."""
+    """Spend budgets: the daily figure alerts compare against, and when the limits of keys and
+    teams warn, downgrade and refuse."""
 
     daily_usd: float | None = None
+    """The whole proxy's daily budget, for the spend alerts (enforced by nothing)."""
+    timezone: str = "UTC"
+    """Where days, weeks (from Monday) and months begin, as an IANA zone name."""
+    warn_at: float = 0.8
+    """Share of a budget spent from which answers carry ``x-router-budget-warning``."""
+    downgrade_at: float | None = 0.9
+    """Share from which requests are capped at ``downgrade_to`` (null: never)."""
+    downgrade_to: Tier = "haiku"
+    callers: Limits = Limits()
+    """Passthrough mode: the limits of each caller (a hash of its key) not listed in keys."""
 
 
 class StateConfig(_Section, frozen=True, kw_only=True):
@@ -344,6 +410,8 @@ class Config(_Section, frozen=True, kw_only=True):
     """Capabilities per model id: what each can serve."""
     pricing: PricingConfig | None = None
     budgets: BudgetsConfig = BudgetsConfig()
+    keys: KeysConfig = KeysConfig()
+    teams: dict[str, TeamConfig] = {}
     state: StateConfig = StateConfig()
 
     def tier_model(self, tier: Tier) -> str:
@@ -400,6 +468,8 @@ class LoadedConfig:
     """Hash of the file's bytes, exported so dashboards can tell which config is live."""
     lines: dict[str, int] = field(default_factory=dict)
     """YAML line of each key, by path (``$.rules[2].when``), for messages about the file."""
+    files: tuple[str, ...] = ()
+    """Other files the config read (the keys file): a change to them reloads it too."""
 
     def line_of(self, path: str) -> int | None:
         """Return the YAML line of ``path`` or of its nearest ancestor in the file."""
@@ -462,6 +532,15 @@ def parse_config(text: str, source: str = "<string>") -> LoadedConfig:
         config = msgspec.structs.replace(
             config, state=msgspec.structs.replace(config.state, url=state_url)
         )
+    digest = hashlib.sha256(text.encode())
+    files: tuple[str, ...] = ()
+    if config.keys.file:
+        path = _beside(source, config.keys.file)
+        keys_text, issued = _read_keys_file(path, source)
+        digest.update(keys_text.encode())
+        files = (str(path),)
+        keys = msgspec.structs.replace(config.keys, issued=config.keys.issued + issued)
+        config = msgspec.structs.replace(config, keys=keys)
     problems = semantic_problems(config)
     if problems:
         raise ConfigError(source, problems)
@@ -470,7 +549,35 @@ def parse_config(text: str, source: str = "<string>") -> LoadedConfig:
         config = msgspec.structs.replace(
             config, upstream=msgspec.structs.replace(config.upstream, base_url=override)
         )
-    return LoadedConfig(config, source, hashlib.sha256(text.encode()).hexdigest(), lines)
+    return LoadedConfig(config, source, digest.hexdigest(), lines, files)
+
+
+def _beside(source: str, name: str) -> Path:
+    """``name`` as a path: relative ones are relative to the config file's directory."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or source.startswith("<"):
+        return path
+    return Path(source).parent / path
+
+
+def _read_keys_file(path: Path, source: str) -> tuple[str, tuple[KeyConfig, ...]]:
+    """Return the text of a keys file and the keys it lists.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a list of keys.
+    """
+    try:
+        text = path.read_text("utf-8")
+        data = yaml.safe_load(text)
+        issued = msgspec.convert(data or [], tuple[KeyConfig, ...], strict=False)
+    except OSError as exc:
+        raise ConfigError(source, [f"keys.file: cannot read {path}: {exc.strerror or exc}"]
+                          ) from exc
+    except (yaml.YAMLError, msgspec.ValidationError) as exc:
+        detail = str(exc).replace("\n", " ")
+        raise ConfigError(source, [f"keys.file: {path} is not a list of keys: {detail}"]
+                          ) from exc
+    return text, issued
 
 
 def semantic_problems(config: Config) -> list[str]:
@@ -533,7 +640,7 @@ def semantic_problems(config: Config) -> list[str]:
             problems.append(f"upstream.retry_budget.{key}: must not be negative")
     if config.server.body_timeout <= 0:
         problems.append("server.body_timeout: must be positive")
-    return problems + _state_problems(config.state)
+    return problems + _state_problems(config.state) + _keys_problems(config)
 
 
 def _state_problems(state: StateConfig) -> list[str]:
@@ -548,6 +655,53 @@ def _state_problems(state: StateConfig) -> list[str]:
     if state.redis_retry_seconds < 0:
         problems.append("state.redis_retry_seconds: must not be negative")
     return problems
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _keys_problems(config: Config) -> list[str]:
+    """What is wrong in the keys, teams and budgets sections."""
+    problems = []
+    names: set[str] = set()
+    hashes: set[str] = set()
+    for i, key in enumerate(config.keys.issued):
+        where = f"keys.issued[{i}] '{key.name}'"
+        if not key.name.strip() or not key.team.strip():
+            problems.append(f"{where}: name and team must not be empty")
+        if not _SHA256.fullmatch(key.sha256):
+            problems.append(f"{where}: sha256 must be 64 lower-case hex digits (the output of "
+                            "`router keys new`)")
+        if key.name in names:
+            problems.append(f"{where}: another key has this name")
+        if key.sha256 in hashes:
+            problems.append(f"{where}: another key has this sha256")
+        names.add(key.name)
+        hashes.add(key.sha256)
+        problems += _limits_problems(key.limits, f"{where}.limits")
+    problems += [f"keys.admin[{i}]: must be 64 lower-case hex digits"
+                 for i, h in enumerate(config.keys.admin) if not _SHA256.fullmatch(h)]
+    for team, settings in config.teams.items():
+        problems += _limits_problems(settings.limits, f"teams.{team}.limits")
+    budgets = config.budgets
+    problems += _limits_problems(budgets.callers, "budgets.callers")
+    for share in ("warn_at", "downgrade_at"):
+        value = getattr(budgets, share)
+        if value is not None and not 0 < value <= 1:
+            problems.append(f"budgets.{share}: must be above 0 and at most 1 (a share of the "
+                            "budget)")
+    if budgets.timezone != "UTC":
+        try:
+            zoneinfo.ZoneInfo(budgets.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            problems.append(f"budgets.timezone: unknown time zone {budgets.timezone!r} "
+                            "(an IANA name such as Europe/Paris)")
+    return problems
+
+
+def _limits_problems(limits: Limits, where: str) -> list[str]:
+    return [f"{where}.{name}: must be positive" for name in limits.__struct_fields__
+            if (value := getattr(limits, name)) is not None and value <= 0]
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")

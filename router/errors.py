@@ -6,10 +6,13 @@ The tree, and what each becomes on the wire::
     RouterError                     500 api_error
     ├── InvalidRequest              400 invalid_request_error
     ├── AuthenticationFailed        401 authentication_error
+    ├── PermissionDenied            403 permission_error
     ├── NotFound                    404 not_found_error
     ├── MethodNotAllowed            405 invalid_request_error   (with ``Allow``)
     ├── RequestTimeout              408 timeout_error           (the body came too slowly)
     ├── RequestTooLarge             413 request_too_large
+    ├── BudgetExceeded              429 rate_limit_error        (router.budgets: a budget spent,
+    │                                                            or a rate limit reached)
     ├── Overloaded                  529 overloaded_error        (with ``retry-after``)
     ├── UpstreamUnavailable         502 api_error
     └── UpstreamTimeout             504 timeout_error
@@ -77,6 +80,13 @@ class AuthenticationFailed(RouterError):
 
     status_code = 401
     error_type = "authentication_error"
+
+
+class PermissionDenied(RouterError):
+    """The key is valid but may not do this (an admin endpoint)."""
+
+    status_code = 403
+    error_type = "permission_error"
 
 
 class NotFound(RouterError):

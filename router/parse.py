@@ -7,7 +7,7 @@ forwarding. Errors name the field in the API's own style (``max_tokens: Field re
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -66,6 +66,16 @@ def require_api_key(headers: dict[str, str]) -> None:
     raise AuthenticationFailed(
         "x-api-key header or Authorization: Bearer token is required"
     )
+
+
+def api_key_of(headers: Mapping[str, str]) -> str:
+    """Return the credential a request carries: ``x-api-key`` wins over a bearer token, as at
+    the API (empty when there is none)."""
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    auth = headers.get("authorization", "")
+    return auth[7:] if auth[:7].lower() == "bearer " else auth
 
 
 def parse_messages(body: bytes, headers: dict[str, str]) -> Parsed:

@@ -10,17 +10,21 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from router.accounting.account import Books, Record, account
 from router.accounting.metrics import Metrics
 from router.body import ClientGone, Receive, read_body
+from router.budgets import BudgetExceeded, Budgets, Identity, Ticket, Unavailable
 from router.catalogue import models_page
+from router.config import Tier
 from router.errors import (
     MethodNotAllowed,
+    Overloaded,
     RouterError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -47,7 +51,7 @@ from router.routing.conversations import (
 )
 from router.routing.decide import Available, Decision, decide
 from router.routing.features import Features
-from router.routing.rules import Policy
+from router.routing.rules import ALWAYS, Policy, Rule
 from router.routing.scorer import default_scorer
 from router.routing.tokens import FactorLearner, TokenCounter, TokenEstimate
 from router.state import Store
@@ -88,6 +92,8 @@ class RouterState:
     breakers: Breakers
     budget: RetryBudget
     gate: Gate
+    budgets: Budgets
+    """Keys, budgets and rate limits."""
     background: set[asyncio.Future[None]] = field(default_factory=set)
     """Exact token counts running in threads (kept referenced until done)."""
 
@@ -166,10 +172,23 @@ def route(
         requested_tier=requested_tier or "other",
         complexity=config.complexity,
     )
-    needs = needs_of(features, parsed.request.thinking, parsed.headers.get("anthropic-beta", ""))
-    decision = decide(features, policy, needs=needs, conversation=conversation,
-                      available=available, explain=explain)
+    decision = decision_for(features, parsed, policy, conversation, available=available,
+                            explain=explain)
     return Routed(features, estimate, decision, conversation)
+
+
+def decision_for(features: Features, parsed: Parsed, policy: Policy,
+                 conversation: Conversation | None, *, available: Available,
+                 explain: bool = False, bound: Rule | None = None) -> Decision:
+    """Stage 3: the request's model, from its features (within ``bound``, when given)."""
+    needs = needs_of(features, parsed.request.thinking, parsed.headers.get("anthropic-beta", ""))
+    return decide(features, policy, needs=needs, conversation=conversation,
+                  available=available, explain=explain, bound=bound)
+
+
+def budget_bound(tier: Tier, why: str) -> Rule:
+    """The guard a budget near its limit adds: no tier above ``tier``."""
+    return Rule("budget", why, ALWAYS, None, None, False, tier, None, False, -1, None)
 
 
 async def load_conversation(store: Store, parsed: Parsed) -> Conversation | None:
@@ -348,6 +367,8 @@ async def proxy(
     status = 0
     held = 0
     admitted = False
+    identity: Identity | None = None
+    ticket: Ticket | None = None
     state.metrics.in_flight.inc()
     try:
         state.gate.enter()
@@ -357,6 +378,7 @@ async def proxy(
                                    allow=endpoint.method)
         headers = header_map(scope["headers"])
         require_api_key(headers)
+        identity = state.budgets.identify(headers)
         body: bytes | None = None
         reroute: Reroute | None = None
         models: tuple[str | None, ...] = (None,)
@@ -378,6 +400,9 @@ async def proxy(
             conversation = await load_conversation(state.store, parsed)
             routed = route(parsed, estimate, policy, state.learner, conversation,
                            available=state.available)
+            if endpoint is Endpoint.MESSAGES:
+                routed, ticket = await _reserved(state, policy, identity, parsed, routed,
+                                                 request_id)
             decision = routed.decision
             if endpoint is Endpoint.MESSAGES and decision.action != "passthrough" \
                     and decision.model != policy.config.resolve_model(requested):
@@ -394,11 +419,12 @@ async def proxy(
         call = Call(
             method=scope["method"],
             path_qs=_path_qs(scope),
-            headers=state.upstream.request_headers(scope["headers"]),
+            headers=identity.upstream_headers(state.upstream.request_headers(scope["headers"])),
             body=body,
             requested=requested,
             models=models,
-            extra_headers=_extra_headers(routed.decision if routed else None, policy),
+            extra_headers=_extra_headers(routed.decision if routed else None, policy,
+                                         ticket.headers if ticket else ()),
             reporting=_reporting(routed, requested, policy, endpoint, state.store),
             reroute=reroute,
             within=MODELS_WITHIN if listing else None,
@@ -452,8 +478,63 @@ async def proxy(
             # Only exact estimates teach the token factor: approximations would skew it.
             estimated_tokens=routed.estimate.tokens if routed and routed.estimate.exact
             else None,
+            team=state.budgets.team_label(identity),
         )
-        account(record, state.books)
+        cost = account(record, state.books)
+        if ticket is not None:
+            await _settle(state, ticket, cost, outcome, request_id)
+
+
+async def _reserved(state: RouterState, policy: Policy, identity: Identity, parsed: Parsed,
+                    routed: Routed, request_id: str) -> tuple[Routed, Ticket | None]:
+    """Reserve the request's worst case against its limits; as a budget nears its limit, route
+    it again under the budget's cap.
+
+    Raises:
+        BudgetExceeded: a budget is spent or a rate limit reached.
+        Overloaded: the store is unreachable and budgets fail closed.
+    """
+    metrics = state.metrics
+    team = metrics.team_label(identity.team)
+    decision = routed.decision
+    # Priced on the dearest model that may answer: a fallback, or the requested model if the
+    # routed one refuses the request.
+    models = [decision.model, *decision.fallbacks, policy.config.resolve_model(
+        parsed.request.model)]
+    try:
+        ticket = await state.budgets.reserve(
+            identity, models, routed.features.input_tokens, parsed.max_tokens or 0, parsed.body,
+            state.books.prices.cost, request_id)
+    except BudgetExceeded as err:
+        metrics.bound(metrics.budget_actions, team, err.action).inc()
+        raise
+    except Unavailable as err:
+        metrics.bound(metrics.budget_actions, team, "unavailable").inc()
+        raise Overloaded("budgets cannot be checked: the state store is unreachable and "
+                         "state.on_redis_error is closed; retry shortly",
+                         retry_after=policy.config.state.redis_retry_seconds) from err
+    if ticket is None or ticket.cap is None:
+        if ticket is not None and ticket.warning:
+            metrics.bound(metrics.budget_actions, team, "warned").inc()
+        return routed, ticket
+    capped = decision_for(routed.features, parsed, policy, routed.conversation,
+                          available=state.available, bound=budget_bound(ticket.cap, ticket.note))
+    if capped.model == decision.model:
+        metrics.bound(metrics.budget_actions, team, "warned").inc()
+        return routed, ticket
+    metrics.bound(metrics.budget_actions, team, "downgraded").inc()
+    capped = dataclasses.replace(capped, rule="budget", reason=f"{capped.reason}; {ticket.note}")
+    return dataclasses.replace(routed, decision=capped), ticket
+
+
+async def _settle(state: RouterState, ticket: Ticket, cost: Decimal | None,
+                  outcome: Outcome | None, request_id: str) -> None:
+    """Replace the request's reservation by what it cost; a failure here fails no request."""
+    try:
+        await state.budgets.settle(ticket, cost, outcome.usage if outcome else None)
+    except Exception:
+        logging.getLogger("router.pipeline").exception(
+            {"event": "budget_settle_failed", "request_id": request_id})
 
 
 def _path_qs(scope: dict[str, Any]) -> str:
@@ -465,15 +546,16 @@ def _path_qs(scope: dict[str, Any]) -> str:
     return path + ("?" + query.decode("latin-1") if query else "")
 
 
-def _extra_headers(decision: Decision | None, policy: Policy
+def _extra_headers(decision: Decision | None, policy: Policy,
+                   budget: Sequence[tuple[str, str]] = ()
                    ) -> Callable[[str | None], list[tuple[str, str]]]:
     """Return a function giving the ``x-router-*`` headers every routed answer carries, for an
-    answer from a given model (the decision's, or a fallback's)."""
+    answer from a given model (the decision's, or a fallback's), and the budget's."""
     if decision is None:
-        return lambda model: []
+        return lambda model: list(budget)
 
     conversation = [("x-router-conversation", decision.action),
-                    ("x-router-reason", _header_text(decision.reason))]
+                    ("x-router-reason", _header_text(decision.reason)), *budget]
 
     def headers(model: str | None) -> list[tuple[str, str]]:
         tier = decision.tier if model is None or model == decision.model else policy.tier_of(model)

@@ -53,8 +53,10 @@ def reload_policy(path: str, install: Callable[[Policy], None], trigger: str) ->
 async def watching(
     path: str | None, install: Callable[[Policy], None], interval: float = 1.0,
     on_attempt: Callable[[bool], None] | None = None,
+    also: Callable[[], tuple[str, ...]] = tuple,
 ) -> AsyncIterator[None]:
-    """Reload the policy from ``path`` whenever the file changes or SIGHUP arrives.
+    """Reload the policy from ``path`` whenever the file, or one of the files ``also()`` names
+    (the live config's keys file), changes or SIGHUP arrives.
 
     Polling a stat every ``interval`` seconds costs nothing and, unlike inotify, also sees a
     Kubernetes ConfigMap's symlink swap.
@@ -69,14 +71,17 @@ async def watching(
         if on_attempt is not None:
             on_attempt(result is not None)
 
+    def signature() -> tuple[tuple[int, int, int] | None, ...]:
+        return tuple(_signature(p) for p in (path, *also()))
+
     async def poll() -> None:
-        last = _signature(path)
+        last = signature()
         while True:
             await asyncio.sleep(interval)
-            current = _signature(path)
-            if current != last and current is not None:
-                last = current
+            current = signature()
+            if current != last and current[0] is not None:
                 attempt("file")
+                last = signature()  # the new config may name other files
 
     task = asyncio.create_task(poll()) if interval > 0 else None
     hup = False

@@ -23,6 +23,7 @@ from router.config import ConfigError, StateConfig, default_config_text, parse_c
 from router.state import StateError, Store, StoreUnavailable, open_store, opened_store
 from router.state.memory import MemoryStore
 from router.state.sqlite import FILE_NAME, open_sqlite, state_dir
+from router.state.store import Charge
 from tests.prometheus import free_port
 from tests.redis_server import RedisServer, running_redis
 
@@ -153,6 +154,67 @@ def test_concurrent_readers_and_writers_see_whole_writes(state_config: StateConf
             jobs = [writer(store, n) if n % 2 else reader(store) for n in range(200)]
             reads = [r for r in await asyncio.gather(*jobs) if r is not None]
             assert reads and all(len(set(r)) == 1 for r in reads)
+
+    run(main())
+
+
+def test_charge_applies_every_charge_or_none(state_config: StateConfig) -> None:
+    """Budgets' reserve: counters refuse once at their limit, buckets once empty; one refusal
+    and nothing changes; charges without a limit (settling) always apply."""
+    now = 1_800_000_000_000_000
+
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            spend = Charge("spend", 30, 60, limit=50)
+            bucket = Charge("bucket", 20_000_000, 60, limit=60_000_000, bucket=True)
+            assert await store.charge([spend, bucket], now) == (True, [30, now + 20_000_000])
+            assert await store.charge([spend, bucket], now) == (True, [60, now + 40_000_000])
+            # The spend is past its limit: neither key changes.
+            assert await store.charge([spend, bucket], now) == (False, [60, now + 40_000_000])
+            assert await store.get_many(["spend", "bucket"]) == [b"60",
+                                                                 str(now + 40_000_000).encode()]
+            # Settling gives back, without a limit; a bucket never goes below full.
+            assert await store.charge([Charge("spend", -25, 60)], now) == (True, [35])
+            assert await store.charge([Charge("bucket", -90_000_000, 60, bucket=True)], now) \
+                == (True, [now])
+            # A full bucket admits one charge bigger than itself, then waits for the refill.
+            big = Charge("bucket", 70_000_000, 60, limit=60_000_000, bucket=True)
+            assert await store.charge([big], now) == (True, [now + 70_000_000])
+            small = Charge("bucket", 1, 60, limit=60_000_000, bucket=True)
+            assert (await store.charge([small], now))[0] is False
+            assert (await store.charge([small], now + 20_000_000))[0] is True
+            assert await store.charge([], now) == (True, [])
+
+    run(main())
+
+
+def test_a_charge_keeps_its_counters_window_and_renews_its_buckets(
+        state_config: StateConfig) -> None:
+    now = 1_800_000_000_000_000
+
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            await store.charge([Charge("window", 1, 0.4), Charge("b", 1, 0.4, bucket=True)], now)
+            await asyncio.sleep(0.2)
+            await store.charge([Charge("window", 1, 60), Charge("b", 1, 60, bucket=True)], now)
+            await asyncio.sleep(0.35)
+            assert await store.get_many(["window", "b"]) == [None, str(now + 2).encode()]
+
+    run(main())
+
+
+def test_concurrent_charges_overshoot_a_limit_by_at_most_one(state_config: StateConfig) -> None:
+    async def main() -> None:
+        async with opened_store(state_config) as store:
+            results = await asyncio.gather(*(
+                store.charge([Charge("spend", 7, 60, limit=100),
+                              Charge("rate", 1, 60, limit=1000, bucket=True)], 5000)
+                for _ in range(60)))
+            applied = [values for ok, values in results if ok]
+            # 15 charges of 7 reach 105: the 15th saw 98, below the limit; the 16th saw 105.
+            assert len(applied) == 15
+            assert sorted(v[0] for v in applied) == list(range(7, 106, 7))
+            assert await store.get_many(["spend", "rate"]) == [b"105", b"5015"]
 
     run(main())
 
@@ -383,8 +445,9 @@ def test_redis_calls_take_one_round_trip(redis_server: RedisServer) -> None:
         async with opened_store(config) as store:
             await store.get_many(["warm-up"])  # the connection's own handshake
             keys = {"a": b"1", "b": b"2", "c": b"3"}
+            charges = [Charge(k, 1, 60, limit=10) for k in ("x", "y", "z")]
             for call in (store.set_many(keys, 60), store.get_many(list(keys)),
-                         store.add("n", 1, 60)):
+                         store.add("n", 1, 60), store.charge(charges, 0, once="r1")):
                 started = time.monotonic()
                 await call
                 took = time.monotonic() - started
@@ -393,6 +456,25 @@ def test_redis_calls_take_one_round_trip(redis_server: RedisServer) -> None:
         await asyncio.sleep(2 * delay)  # the relays' delayed closes
         proxy.close()
         await proxy.wait_closed()
+
+    run(main())
+
+
+def test_redis_charge_with_an_id_applies_once(redis_server: RedisServer) -> None:
+    """A charge retried after its reply was lost (same id) changes nothing the second time."""
+    config = StateConfig(backend="redis", url=redis_server.url, redis_timeout=5.0)
+
+    async def main() -> None:
+        async with opened_store(config) as store:
+            charge = [Charge("once-spend", 5, 60, limit=100)]
+            assert await store.charge(charge, 0, once="req-1") == (True, [5])
+            assert await store.charge(charge, 0, once="req-1") == (True, [5])
+            assert await store.charge(charge, 0, once="req-2") == (True, [10])
+            # A refused charge leaves no mark: retried once there is room, it applies.
+            full = [Charge("once-spend", 200, 60, limit=10)]
+            assert await store.charge(full, 0, once="req-3") == (False, [10])
+            assert await store.charge([Charge("once-spend", -5, 60)], 0) == (True, [5])
+            assert await store.charge(full, 0, once="req-3") == (True, [205])
 
     run(main())
 

@@ -38,6 +38,8 @@ class Record:
     """The proxy's own error type (or ``client_disconnected``), if it answered itself."""
     estimated_tokens: int | None = None
     """The router's raw (unscaled) input-token estimate, to learn the model's factor from."""
+    team: str = OTHER
+    """The ``team`` label: the caller's configured team, else ``other``."""
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Books:
             policy.loaded.sha256,
             policy.loaded.source,
             config.budgets.daily_usd,
+            teams={*config.teams, *(key.team for key in config.keys.issued)},
         )
 
 
@@ -89,8 +92,9 @@ def status_label(record: Record) -> str:
     return f"{record.status // 100}xx" if record.status else "client_disconnected"
 
 
-def account(record: Record, books: Books) -> None:
-    """Count the request in the metrics, learn from its usage and write its log line."""
+def account(record: Record, books: Books) -> Decimal | None:
+    """Count the request in the metrics, learn from its usage and write its log line; return
+    what the answer cost (None: nothing priced), which budgets settle with."""
     metrics = books.metrics
     decision = record.decision
     outcome = record.outcome
@@ -128,6 +132,7 @@ def account(record: Record, books: Books) -> None:
         metrics.overhead.observe(proxy_overhead(record, outcome))
     if books.logger.isEnabledFor(logging.INFO):
         books.logger.info(log_fields(record, tokens, cost))
+    return cost
 
 
 def proxy_overhead(record: Record, outcome: Outcome) -> float:
@@ -165,7 +170,7 @@ def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
                         ("cache_write_5m", tokens.cache_write_5m),
                         ("cache_write_1h", tokens.cache_write_1h)):
         if count:
-            metrics.bound(metrics.tokens, model, tier, kind).inc(count)
+            metrics.bound(metrics.tokens, model, tier, kind, record.team).inc(count)
     usage = record.outcome.usage
     answered_by = record.outcome.model or record.decision.model
     cost = record.outcome.cost_usd
@@ -174,7 +179,7 @@ def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
     if cost is None:
         metrics.bound(metrics.unpriced, model).inc()
         return None
-    metrics.bound(metrics.cost, model, tier, rule).inc(float(cost))
+    metrics.bound(metrics.cost, model, tier, rule, record.team).inc(float(cost))
     if record.requested_model is not None:
         requested = books.tier_models.get(record.requested_model, record.requested_model)
         would_be = books.prices.cost(requested, usage)

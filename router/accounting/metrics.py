@@ -35,7 +35,8 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 RATIO_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 1.75, 2.0, 3.0)
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
 OTHER = "other"
-FIXED_RULES = frozenset({"default", "conversation", "none"})
+FIXED_RULES = frozenset({"default", "conversation", "none", "budget"})
+BUDGET_ACTIONS = ("warned", "downgraded", "refused", "rate_limited", "unavailable")
 RETRY_REASONS = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error",
                            "connection", "timeout"})
 
@@ -95,11 +96,11 @@ class Metrics:
             "router_requests", "Requests answered, by where they were routed and how they ended.",
             ("tier", "model", "rule", "status"), registry=reg)
         self.tokens = Counter(
-            "router_tokens", "Tokens the upstream reported, by type.", ("model", "tier", "type"),
-            registry=reg)
+            "router_tokens", "Tokens the upstream reported, by type.",
+            ("model", "tier", "type", "team"), registry=reg)
         self.cost = Counter(
             "router_cost_usd", "USD spent, from reported usage and the configured prices.",
-            ("model", "tier", "rule"), registry=reg)
+            ("model", "tier", "rule", "team"), registry=reg)
         self.counterfactual = Counter(
             "router_counterfactual_cost_usd",
             "USD the same usage would have cost on the model the client asked for.",
@@ -160,16 +161,40 @@ class Metrics:
         self.budget_daily = Gauge(
             "router_budget_daily_usd", "The daily spend budget from router.yaml.",
             multiprocess_mode="max", registry=reg)
+        # Read from the shared store at each scrape, so the freshest worker's value wins.
+        self.budget_spent = Gauge(
+            "router_budget_spent_usd",
+            "USD spent in the current window of each configured budget (requests in flight at "
+            "their reservation).", ("scope", "name", "window"), multiprocess_mode="mostrecent",
+            registry=reg)
+        self.budget_limit = Gauge(
+            "router_budget_limit_usd", "The limit of each configured budget window.",
+            ("scope", "name", "window"), multiprocess_mode="mostrecent", registry=reg)
+        self.budget_remaining = Gauge(
+            "router_budget_remaining_usd",
+            "Limit minus spend of each configured budget window (negative: overspent).",
+            ("scope", "name", "window"), multiprocess_mode="mostrecent", registry=reg)
+        self.budget_actions = Counter(
+            "router_budget_actions",
+            "Requests the budgets and rate limits acted on: warned, downgraded, refused "
+            "(a budget spent), rate_limited, unavailable (the store down, failing closed).",
+            ("team", "action"), registry=reg)
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self.known_teams: frozenset[str] = frozenset()
+        self._budgets_shown: set[tuple[str, str, str]] = set()
         self.known_models: frozenset[str] = frozenset()
         self.known_rules: frozenset[str] = frozenset()
         self._live: tuple[str, str] | None = None
 
     def configure(self, models: Iterable[str], rules: Iterable[str], sha256: str, source: str,
-                  daily_budget: float | None) -> None:
+                  daily_budget: float | None, teams: Iterable[str] = ()) -> None:
         """Adopt a (re)loaded config: the label values it allows and its identity."""
         self.known_models = frozenset(models)
         self.known_rules = frozenset(rules) | FIXED_RULES
+        self.known_teams = frozenset(teams)
+        for team in (*self.known_teams, OTHER):
+            for action in BUDGET_ACTIONS:
+                self.budget_actions.labels(team, action)
         if self._live is not None:
             self.config_info.labels(*self._live).set(0)
         self._live = (sha256, source)
@@ -198,6 +223,25 @@ class Metrics:
     def rule_label(self, rule: str | None) -> str:
         """``rule`` if the config knows it, else ``other``."""
         return rule if rule in self.known_rules else OTHER
+
+    def team_label(self, team: str | None) -> str:
+        """``team`` if the config knows it, else ``other``."""
+        return team if team in self.known_teams else OTHER
+
+    def show_budgets(self, budgets: Iterable[tuple[str, str, str, float, float]]) -> None:
+        """Set the budget gauges: (scope, name, window, limit, spent) in USD for each configured
+        budget window; windows no longer configured are dropped."""
+        shown = set()
+        for scope, name, window, limit, spent in budgets:
+            labels = (scope, name, window)
+            shown.add(labels)
+            self.budget_limit.labels(*labels).set(limit)
+            self.budget_spent.labels(*labels).set(spent)
+            self.budget_remaining.labels(*labels).set(limit - spent)
+        for labels in self._budgets_shown - shown:
+            for gauge in (self.budget_limit, self.budget_spent, self.budget_remaining):
+                gauge.remove(*labels)
+        self._budgets_shown = shown
 
     def reason_label(self, reason: str) -> str:
         """A retry reason from the fixed list, else ``other``."""

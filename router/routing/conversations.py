@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from router.config import ModelPrice
+from router.parse import api_key_of
 from router.wire import Block, MessageParam
 
 _TEXT_HEAD = 4096
@@ -43,11 +44,8 @@ SIGNED_BLOCKS = ("thinking", "redacted_thinking")
 def caller_of(headers: Mapping[str, str]) -> str:
     """Return a short, non-reversible id of the caller's credential (``x-api-key`` wins over a
     bearer token, as at the API)."""
-    key = headers.get("x-api-key")
-    if not key:
-        auth = headers.get("authorization", "")
-        key = auth[7:] if auth[:7].lower() == "bearer " else auth
-    return hashlib.blake2b(key.encode(), digest_size=8, person=b"router-caller").hexdigest()
+    return hashlib.blake2b(api_key_of(headers).encode(), digest_size=8,
+                           person=b"router-caller").hexdigest()
 
 
 def conversation_id(caller: str, headers: Mapping[str, str],

@@ -81,6 +81,7 @@ def decide(
     conversation: Conversation | None = None,
     available: Available = _always,
     explain: bool = False,
+    bound: Rule | None = None,
 ) -> Decision:
     """Choose the model for a request.
 
@@ -92,10 +93,13 @@ def decide(
             request alone.
         available: whether a model can take requests now.
         explain: record every rule tried in ``Decision.trace``.
+        bound: one more guard that matches, after the config's (a budget's cap).
     """
     config = policy.config
     requested = config.resolve_model(features.requested_model)
     winner, bounds, trace = _matching(features, policy, explain)
+    if bound is not None:
+        bounds.append(bound)
     traced = tuple(trace)
 
     if policy.tier_of(requested) is None and not (winner and winner.names_requested_model):

@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
-from router.state.store import OnError, Store, counter_value, ttl_milliseconds
+from router.state.store import Charge, OnError, Store, counter_value, ttl_milliseconds
 
 
 class MemoryStore:
@@ -47,6 +47,23 @@ class MemoryStore:
                    else now + ttl_milliseconds(ttl_seconds) / 1000)
         self._put(key, str(number).encode(), expires)
         return number
+
+    async def charge(self, charges: Sequence[Charge], now_us: int, once: str | None = None
+                     ) -> tuple[bool, list[int]]:
+        now = self._clock()
+        current = [self._live(c.key, now) for c in charges]
+        values = [counter_value(v, c.key) for v, c in zip(current, charges, strict=True)]
+        if any(c.blocks(v, now_us) for c, v in zip(charges, values, strict=True)):
+            return False, values
+        after = []
+        for charge, value, raw in zip(charges, values, current, strict=True):
+            new = charge.applied_to(value, now_us)
+            keep = raw is not None and not charge.bucket
+            expires = (self._entries[charge.key][1] if keep
+                       else now + ttl_milliseconds(charge.ttl_seconds) / 1000)
+            self._put(charge.key, str(new).encode(), expires)
+            after.append(new)
+        return True, after
 
     def strict(self) -> Store:
         return self

@@ -2,7 +2,8 @@
 
 Each call is one command, so one round trip: ``MGET`` for ``get_many``, a Lua script for
 ``set_many`` (a ``SET … PX`` per key: half the client's CPU of a pipeline of SETs) and one for
-``add`` (``INCRBY``, and the expiry when it created the key). Scripts are sent whole (EVAL,
+``add`` (``INCRBY``, and the expiry when it created the key), and one for budgets' ``charge``
+(every key checked, then all written or none). Scripts are sent whole (EVAL,
 not EVALSHA), so a restarted Redis without them cached still answers in one round trip.
 Calls are bounded by ``timeout`` and retried at most once, at once, on a fresh connection: a
 failed call raises :class:`StoreUnavailable`, and :class:`FallbackStore` serves it from local
@@ -23,7 +24,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from router.config import redacted_url
-from router.state.store import OnError, Store, StoreUnavailable, ttl_milliseconds
+from router.state.store import (
+    ONCE_TTL_SECONDS,
+    Charge,
+    OnError,
+    Store,
+    StoreUnavailable,
+    ttl_milliseconds,
+)
 
 MAX_CONNECTIONS = 64
 """Calls in flight to Redis per worker (each on its own connection). A call holds one for a
@@ -47,6 +55,58 @@ return value
 """
 """A key without expiry right after INCRBY is one INCRBY just created (expired keys are gone):
 give it its time-to-live."""
+
+CHARGE_SCRIPT = """
+local now = tonumber(ARGV[1])
+local n = #KEYS
+if ARGV[2] ~= '' then
+    n = n - 1
+    if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+        local values = {1}
+        for i = 1, n do values[i + 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
+        return values
+    end
+end
+local before, refused = {}, false
+for i = 1, n do
+    local a = 3 + (i - 1) * 4
+    local amount, limit = tonumber(ARGV[a]), ARGV[a + 1]
+    local v = tonumber(redis.call('GET', KEYS[i]) or '0')
+    before[i] = v
+    if limit ~= '' then
+        limit = tonumber(limit)
+        if ARGV[a + 2] == '1' then
+            if v > now and v + amount - now > limit then refused = true end
+        elseif v >= limit then
+            refused = true
+        end
+    end
+end
+local values = {refused and 0 or 1}
+for i = 1, n do
+    local a = 3 + (i - 1) * 4
+    if refused then
+        values[i + 1] = before[i]
+    elseif ARGV[a + 2] == '1' then
+        local due = math.max(math.max(before[i], now) + tonumber(ARGV[a]), now)
+        redis.call('SET', KEYS[i], string.format('%.0f', due), 'PX', ARGV[a + 3])
+        values[i + 1] = due
+    else
+        values[i + 1] = redis.call('INCRBY', KEYS[i], ARGV[a])
+        if redis.call('PTTL', KEYS[i]) == -1 then
+            redis.call('PEXPIRE', KEYS[i], ARGV[a + 3])
+        end
+    end
+end
+if not refused and ARGV[2] ~= '' then
+    redis.call('SET', KEYS[#KEYS], '1', 'PX', ARGV[2])
+end
+return values
+"""
+"""Budgets' reserve and settle (:meth:`RedisStore.charge`): read every key, refuse or apply
+them all, in one command. ARGV: now in microseconds, the ``once`` marker's time-to-live ('' for
+none: then KEYS holds no marker), then amount, limit ('' for none), bucket ('1'/'0') and
+time-to-live per key. Values stay below 2^53, exact in Lua's doubles."""
 
 _NOT_AN_INTEGER = re.compile(r"not an integer|overflow", re.IGNORECASE)
 
@@ -87,6 +147,21 @@ class RedisStore:
     async def add(self, key: str, amount: int, ttl_seconds: float) -> int:
         ttl = ttl_milliseconds(ttl_seconds)
         return int(await self._call(self._client.eval, ADD_SCRIPT, 1, key, amount, ttl))
+
+    async def charge(self, charges: Sequence[Charge], now_us: int, once: str | None = None
+                     ) -> tuple[bool, list[int]]:
+        if not charges:
+            return True, []
+        keys = [c.key for c in charges]
+        args: list[Any] = [now_us, ""]
+        if once is not None:
+            keys.append(f"once:{once}")
+            args[1] = ttl_milliseconds(ONCE_TTL_SECONDS)
+        for c in charges:
+            args += [c.amount, "" if c.limit is None else c.limit, int(c.bucket),
+                     ttl_milliseconds(c.ttl_seconds)]
+        reply = await self._call(self._client.eval, CHARGE_SCRIPT, len(keys), *keys, *args)
+        return bool(reply[0]), [int(v) for v in reply[1:]]
 
     def strict(self) -> Store:
         return self

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from router.state.store import (
+    Charge,
     OnError,
     StateError,
     Store,
@@ -71,6 +72,33 @@ RETURNING value
 returns no row."""
 
 T = TypeVar("T")
+
+
+@lru_cache(maxsize=64)
+def _charge_sql(count: int) -> str:
+    """One statement, so atomic across processes: read every key, and write them all only if
+    no charge is refused (see :class:`router.state.store.Charge`). ?1 is the expiry clock's
+    now, ?2 the charge's time in microseconds; then five parameters per charge."""
+    rows = ",".join(f"(?{3 + 5 * i},?{4 + 5 * i},?{5 + 5 * i},?{6 + 5 * i},?{7 + 5 * i})"
+                    for i in range(count))
+    return f"""
+WITH req(key, amount, lim, bucket, expires) AS (VALUES {rows}),
+cur AS MATERIALIZED (
+    SELECT req.key, req.amount, req.lim, req.bucket, req.expires,
+           IIF(kv.expires > ?1, CAST(kv.value AS INTEGER), 0) AS v,
+           IIF(kv.expires > ?1, kv.expires, NULL) AS live
+    FROM req LEFT JOIN kv ON kv.key = req.key
+)
+INSERT INTO kv (key, value, expires)
+SELECT key, CAST(IIF(bucket, max(max(v, ?2) + amount, ?2), v + amount) AS BLOB),
+       IIF(bucket OR live IS NULL, expires, live)
+FROM cur
+WHERE NOT EXISTS (
+    SELECT 1 FROM cur WHERE lim IS NOT NULL
+    AND IIF(bucket, v > ?2 AND v + amount - ?2 > lim, v >= lim))
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires
+RETURNING key, CAST(value AS INTEGER)
+"""
 
 
 def state_dir(configured: str | None) -> Path:
@@ -195,6 +223,24 @@ class SqliteStore:
         if not rows:
             raise ValueError(f"state key {key!r} holds a value that is not an integer")
         return counter_value(rows[0][0], key)
+
+    async def charge(self, charges: Sequence[Charge], now_us: int, once: str | None = None
+                     ) -> tuple[bool, list[int]]:
+        if not charges:
+            return True, []
+        now = self._clock()
+        params: list[Any] = [now, now_us]
+        for c in charges:
+            params += [c.key, c.amount, c.limit, c.bucket,
+                       now + ttl_milliseconds(c.ttl_seconds) / 1000]
+        rows = self._run(self._fetch, _charge_sql(len(charges)), params)
+        if rows:
+            self._after_write()
+            after = dict(rows)
+            return True, [after[c.key] for c in charges]
+        # Refused: nothing was written; say what the keys hold (the refusal's explanation).
+        current = await self.get_many([c.key for c in charges])
+        return False, [counter_value(v, c.key) for v, c in zip(current, charges, strict=True)]
 
     def strict(self) -> Store:
         return self

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
 log = logging.getLogger("router.state")
@@ -36,6 +37,47 @@ class StateError(Exception):
 
 class StoreUnavailable(Exception):
     """The shared backend did not serve a call. The message never holds a password."""
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One integer that :meth:`Store.charge` changes together with others: all or none.
+
+    A *counter* (``bucket=False``) is a sum, micro-dollars of a budget window: ``amount`` is
+    added; an absent key starts at 0 and expires ``ttl_seconds`` from now, a live one keeps its
+    expiry (a fixed window). With a ``limit``, the charge is refused while the value is already
+    at or past it, so concurrent charges overshoot by at most one of them.
+
+    A *bucket* (``bucket=True``) is a token bucket kept as the time, in microseconds, at which
+    it is full again (the generic cell-rate algorithm): ``amount`` is microseconds of refill
+    taken (negative gives some back). With a ``limit`` (the bucket's size, in microseconds), the
+    charge is refused unless the bucket is full or holds enough; each write renews the key's
+    time-to-live. Charges without a limit (settling) are never refused.
+    """
+
+    key: str
+    amount: int
+    ttl_seconds: float
+    limit: int | None = None
+    bucket: bool = False
+
+    def blocks(self, value: int, now_us: int) -> bool:
+        """Whether this charge is refused against the key's current ``value``."""
+        if self.limit is None:
+            return False
+        if self.bucket:
+            return value > now_us and value + self.amount - now_us > self.limit
+        return value >= self.limit
+
+    def applied_to(self, value: int, now_us: int) -> int:
+        """The key's value once this charge is applied to ``value``."""
+        if self.bucket:
+            return max(max(value, now_us) + self.amount, now_us)
+        return value + self.amount
+
+
+ONCE_TTL_SECONDS = 600.0
+"""How long a :meth:`Store.charge` ``once`` id is remembered (Redis): a retry comes sooner."""
 
 
 class Store(Protocol):
@@ -63,6 +105,21 @@ class Store(Protocol):
 
         Raises:
             ValueError: the key holds a value that is not such an integer.
+        """
+        ...
+
+    async def charge(self, charges: Sequence[Charge], now_us: int, once: str | None = None
+                     ) -> tuple[bool, list[int]]:
+        """Apply every charge atomically, or none if any is refused (see :class:`Charge`).
+
+        ``now_us`` is the caller's wall clock in microseconds (buckets are times). ``once``
+        makes a retried call apply at most once: a call with an id already applied in the last
+        :data:`ONCE_TTL_SECONDS` changes nothing (Redis, whose client retries a call whose
+        reply was lost; the other backends never retry a call that may have applied).
+
+        Returns:
+            Whether the charges were applied, and each key's value afterwards (as it is, when
+            refused); 0 for an absent key. Keys must be distinct.
         """
         ...
 
@@ -137,6 +194,10 @@ class FallbackStore:
 
     async def add(self, key: str, amount: int, ttl_seconds: float) -> int:
         return await self._call(lambda store: store.add(key, amount, ttl_seconds))
+
+    async def charge(self, charges: Sequence[Charge], now_us: int, once: str | None = None
+                     ) -> tuple[bool, list[int]]:
+        return await self._call(lambda store: store.charge(charges, now_us, once))
 
     def strict(self) -> Store:
         return _StrictView(self)
@@ -233,6 +294,10 @@ class _StrictView:
 
     async def add(self, key: str, amount: int, ttl_seconds: float) -> int:
         return await self._store._strict_call(lambda store: store.add(key, amount, ttl_seconds))
+
+    async def charge(self, charges: Sequence[Charge], now_us: int, once: str | None = None
+                     ) -> tuple[bool, list[int]]:
+        return await self._store._strict_call(lambda store: store.charge(charges, now_us, once))
 
     def strict(self) -> Store:
         return self
