@@ -7,9 +7,13 @@ Configs are the shipped router.yaml with only the budget, keys and teams section
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import logging
+import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,13 +26,17 @@ import anthropic
 import pytest
 from click.testing import CliRunner
 
-from router.budgets import key_hash
+from router.budgets import Unavailable, key_hash
+from router.budgets.counters import Counters
 from router.budgets.windows import periods_at, zone_of
 from router.cli import cli
-from router.config import ConfigError, parse_config
+from router.config import ConfigError, StateConfig, parse_config
 from router.fake import Drop, Fail, FakeUpstream, Reply
 from router.routing.rules import parse_policy
+from router.state import opened_store
+from router.state.store import Charge
 from tests.conftest import API_KEY, config_text
+from tests.redis_server import running_redis
 from tests.test_metrics import scrape, total
 from tests.test_raw_http import post
 
@@ -479,3 +487,65 @@ def test_windows_begin_at_midnight_on_monday_and_on_the_first_in_their_zone() ->
     assert december["month"].resets_at() == "2027-01-01T00:00:00Z"
     assert december["day"].label == "2026-12-31"
 
+
+
+# ------------------------------------------------------------------ the store away
+
+
+def test_while_redis_hangs_a_worker_counts_on_from_the_spend_it_saw_and_replays_it_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis stops answering (SIGSTOP) with a charge in flight, which it runs when it wakes:
+    meanwhile the worker counts in memory from the last spend it saw, fails closed if told to,
+    and once Redis answers again every charge it made counts exactly once."""
+    now = 1_800_000_000_000_000
+    caplog.set_level(logging.WARNING, logger="router.budgets")
+    with running_redis() as redis:
+        config = StateConfig(backend="redis", url=redis.url, redis_timeout=0.3,
+                             redis_retry_seconds=0.2)
+        assert redis.process is not None
+
+        async def main() -> None:
+            async with opened_store(config) as store:
+                fallbacks: list[str] = []
+                counters = Counters(store, "open", lambda backend, _: fallbacks.append(backend))
+                closed = Counters(store, "closed")
+
+                def reserve(amount: int, once: str, who: Counters = counters) -> Any:
+                    return who.charge([Charge("spend", amount, 3600, limit=100)], now, once,
+                                      may_refuse=True)
+
+                assert (await reserve(30, "a")).values == [30]
+                with redis.client() as client:
+                    client.incrby("spend", 40)  # another worker: this one does not know
+                os.kill(redis.process.pid, signal.SIGSTOP)
+                try:
+                    hung = await reserve(30, "b")  # times out; Redis runs it when it wakes
+                    assert (hung.applied, hung.values, hung.local) == (True, [60], True)
+                    assert (await reserve(30, "c")).values == [90]
+                    assert (await reserve(30, "d")).values == [120]
+                    refused = await reserve(1, "e")  # 120 >= 100 from what this worker saw
+                    assert (refused.applied, refused.values) == (False, [120])
+                    with pytest.raises(Unavailable):
+                        await reserve(1, "f", closed)
+                    settled = await closed.charge([Charge("spend", -7, 3600)], now, "g",
+                                                  may_refuse=False)
+                    assert settled.local and closed.backlog == 1
+                    assert (await counters.values(["spend"])) == ([120], True)
+                finally:
+                    os.kill(redis.process.pid, signal.SIGCONT)
+                await asyncio.sleep(0.3)
+                # 70 in Redis, plus "b" run on waking, plus 8 after this call; "b" again,
+                # "c" and "d" replayed: "b"'s replay changes nothing.
+                done = await counters.charge([Charge("spend", 8, 3600)], now, "h",
+                                             may_refuse=False)
+                assert done.values == [108] and not done.local and counters.backlog == 0
+                with redis.client() as client:
+                    assert client.get("spend") == b"168"
+                    await closed.charge([Charge("spend", 0, 3600)], now, "i", may_refuse=False)
+                    assert client.get("spend") == b"161" and closed.backlog == 0
+                assert await counters.values(["spend"]) == ([161], False)
+                assert fallbacks and set(fallbacks) == {"redis"}
+
+        asyncio.run(main())
+    assert "budgets_store_unavailable" in caplog.text
+    assert "budgets_store_recovered" in caplog.text

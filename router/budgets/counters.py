@@ -2,23 +2,26 @@
 backend cannot answer, reconciled when it is back.
 
 Every reserve and settle is one :meth:`router.state.Store.charge` on the shared store's strict
-view (one round trip; an id makes a retried call apply once). When it fails:
+view (one round trip), with an id that makes a retried call apply once. When it fails:
 
 * ``state.on_redis_error: closed``: a reservation raises :class:`Unavailable` (the pipeline
   refuses the request); a settlement is still kept, as below, so that spend is never lost.
 * ``open`` (and always for SQLite): the charge is made in the worker's memory, against the
-  last value this worker saw in the shared store (a *seed*), so each worker goes on from where
+  last value this worker saw in the shared store (its *seed*), so the worker goes on from where
   the budget stood rather than from zero. Memory holds only what changed during the outage.
-  When the shared store answers again, those changes are added to it in one charge with an id
-  of its own (retried as it was if its reply is lost, so it is counted exactly once), and
-  memory forgets them. Rate-limit buckets are not carried over: by then they have refilled.
+
+When the shared store answers again, each charge made in memory is replayed to it under its
+own id, a few per call, and taken out of memory. The ids matter: a call that timed out may
+still have reached Redis (a hung server runs it when it wakes up), and its replay then changes
+nothing, so every charge counts exactly once. Rate-limit buckets are not replayed: by then they
+have refilled.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +33,12 @@ log = logging.getLogger("router.budgets")
 MAX_SEEN = 100_000
 """Counters whose last shared value a worker remembers (one per budget window in use)."""
 LOCAL_KEYS = 100_000
+MAX_REPLAY = 100_000
+"""Charges made in memory that a worker keeps to replay (an outage of hours at 10 requests a
+second); past it the oldest are dropped, and logged."""
+REPLAY_PER_CALL = 16
+"""Charges replayed after each call the shared store answers: the backlog drains without
+holding any one request up for long."""
 
 
 class Unavailable(Exception):
@@ -58,13 +67,13 @@ class Counters:
         self._local = MemoryStore(LOCAL_KEYS)
         self._on_fallback = on_fallback
         self._seen: dict[str, int] = {}
-        self._owed: dict[str, float] = {}
-        """Counter keys changed in memory during an outage, with their time-to-live."""
-        self._pending: tuple[list[Charge], str] | None = None
-        """A hand-back whose reply was lost: retried as it was, under the same id."""
-        self._worker = uuid.uuid4().hex[:12]
-        self._handbacks = 0
+        self._replay: deque[tuple[list[Charge], str]] = deque()
         self._down = False
+
+    @property
+    def backlog(self) -> int:
+        """Charges made in memory not yet replayed to the shared store."""
+        return len(self._replay)
 
     async def charge(self, charges: Sequence[Charge], now_us: int, once: str, *,
                      may_refuse: bool) -> Charged:
@@ -80,70 +89,62 @@ class Counters:
             self._went_down(err)
             if may_refuse and self.on_error == "closed":
                 raise Unavailable(str(err)) from err
-            return await self._locally(charges, now_us)
+            return await self._locally(charges, now_us, once)
         if len(self._seen) > MAX_SEEN:
             self._seen.clear()
         for c, value in zip(charges, values, strict=True):
             if not c.bucket:
                 self._seen[c.key] = value
-        if self._down or self._owed or self._pending:
-            await self._hand_back(now_us)
+        if self._down or self._replay:
+            await self._catch_up(now_us)
         return Charged(applied, values)
 
     async def values(self, keys: list[str]) -> tuple[list[int], bool]:
         """Return the counters' values, and whether they come from this worker's memory (the
-        shared store did not answer: last seen values plus what changed here since)."""
+        shared store did not answer: the last values seen plus what changed here since)."""
+        local = [counter_value(v, k) for k, v in
+                 zip(keys, await self._local.get_many(keys), strict=True)]
         try:
-            raw = await self._shared.get_many(keys)
+            shared = await self._shared.get_many(keys)
         except StoreUnavailable as err:
             self._went_down(err)
-            local = await self._local.get_many(keys)
-            return [self._seen.get(k, 0) + counter_value(v, k) for k, v in
-                    zip(keys, local, strict=True)], True
-        values = [counter_value(v, k) for k, v in zip(keys, raw, strict=True)]
-        # Only settled state is shown while memory still owes the shared store something.
-        owed = await self._local.get_many(keys) if self._owed else [None] * len(keys)
-        return [v + counter_value(o, k) for v, o, k in zip(values, owed, keys, strict=True)], \
+            return [self._seen.get(k, 0) + v for k, v in zip(keys, local, strict=True)], True
+        # Plus what this worker still has to replay.
+        return [counter_value(s, k) + v for s, k, v in zip(shared, keys, local, strict=True)], \
             False
 
-    async def _locally(self, charges: Sequence[Charge], now_us: int) -> Charged:
+    async def _locally(self, charges: Sequence[Charge], now_us: int, once: str) -> Charged:
         """Charge this worker's memory, against the last values seen in the shared store."""
         seeds = [0 if c.bucket else self._seen.get(c.key, 0) for c in charges]
         shifted = [c if c.bucket or c.limit is None else
                    dataclasses.replace(c, limit=c.limit - seed)
                    for c, seed in zip(charges, seeds, strict=True)]
         applied, values = await self._local.charge(shifted, now_us)
-        for c in charges:
-            if not c.bucket and applied:
-                self._owed[c.key] = max(self._owed.get(c.key, 0.0), c.ttl_seconds)
+        counters = [dataclasses.replace(c, limit=None) for c in charges if not c.bucket]
+        if applied and counters:
+            if len(self._replay) >= MAX_REPLAY:
+                lost, _ = self._replay.popleft()
+                log.error({"event": "budgets_replay_dropped", "keys": [c.key for c in lost]})
+            self._replay.append((counters, once))
         return Charged(applied, [v + s for v, s in zip(values, seeds, strict=True)], local=True)
 
-    async def _hand_back(self, now_us: int) -> None:
-        """Add what memory counted during an outage to the shared store, exactly once."""
+    async def _catch_up(self, now_us: int) -> None:
+        """Replay a few of the charges made in memory to the shared store, each under its own
+        id, taking each out of memory once the shared store has it."""
         if self._down:
             self._down = False
             log.warning({"event": "budgets_store_recovered", "backend": self.name,
-                         "handing_back": len(self._owed)})
-        if self._pending is None and self._owed:
-            keys = list(self._owed)
-            held = await self._local.get_many(keys)
-            amounts = {k: counter_value(v, k) for k, v in zip(keys, held, strict=True)}
-            charges = [Charge(k, n, self._owed[k]) for k, n in amounts.items() if n]
-            self._owed.clear()
-            # Out of memory before the shared store has it: a charge made meanwhile stays.
-            await self._local.charge([Charge(c.key, -c.amount, c.ttl_seconds) for c in charges],
-                                     now_us)
-            self._handbacks += 1
-            self._pending = (charges, f"handback:{self._worker}:{self._handbacks}")
-        if self._pending is None:
-            return
-        charges, once = self._pending
-        try:
-            await self._shared.charge(charges, now_us, once)
-        except StoreUnavailable as err:
-            self._went_down(err)
-            return
-        self._pending = None
+                         "to_replay": len(self._replay)})
+        for _ in range(min(REPLAY_PER_CALL, len(self._replay))):
+            charges, once = self._replay[0]
+            try:
+                await self._shared.charge(charges, now_us, once)
+            except StoreUnavailable as err:
+                self._went_down(err)
+                return
+            self._replay.popleft()
+            await self._local.charge([dataclasses.replace(c, amount=-c.amount)
+                                      for c in charges], now_us)
 
     def _went_down(self, err: StoreUnavailable) -> None:
         if self._on_fallback is not None:
