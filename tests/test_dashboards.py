@@ -8,6 +8,7 @@ the fake upstream billed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -219,11 +220,15 @@ COOLDOWN = 0.3
 
 def e2e_config(upstream_url: str) -> str:
     """The default config on the fake, with POLICY, a tiny budget (so the spend alerts go
-    pending), fast reload polling, fast retries, and a breaker that trips when a quarter of
-    three requests failed and closes again quickly."""
+    pending), the SDK's key in a team with a daily budget, fast reload polling, fast retries,
+    and a breaker that trips when a quarter of three requests failed and closes again
+    quickly."""
     text = config_text(upstream_url, POLICY)
     for pattern, replacement in [
         (r"daily_usd: 500\b", "daily_usd: 0.000001"),
+        (r"issued: \[\]", f'issued:\n    - {{name: sdk, team: platform, sha256: '
+                          f'"{hashlib.sha256(API_KEY.encode()).hexdigest()}"}}'),
+        (r"teams: \{\}", "teams:\n  platform: {limits: {usd_per_day: 1000}}"),
         (r"reload_poll_seconds: 1\b", "reload_poll_seconds: 0.1"),
         (r"retry: \{[^}]*\}", "retry: {attempts: 2, base_delay: 0.01, max_delay: 0.05}"),
         (r"breaker: \{[^}]*\}",
