@@ -194,8 +194,11 @@ def test_the_budgets_endpoint_is_for_admin_keys_only(
     assert get(url, "")[0] == 401
     status, data = get(url, ALICE)
     assert status == 403 and json.loads(data)["error"]["type"] == "permission_error"
+    fake.script(Reply(usage={"input_tokens": 100, "output_tokens": 100}))  # $0.003 on Opus
+    assert post(url, body(), {"x-api-key": ALICE})[0] == 200
     report = admin_report(url)
     rows = {(r["scope"], r["name"], r["window"]): r for r in report["budgets"]}
+    assert {k: r["spent_micro_usd"] for k, r in rows.items()} == dict.fromkeys(rows, 3000)
     assert set(rows) == {("team", "platform", "day"), ("team", "platform", "month"),
                          ("key", "alice", "week")}
     assert rows["team", "platform", "day"]["limit_usd"] == 2.5

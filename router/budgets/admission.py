@@ -3,13 +3,13 @@
 A request's *scopes* are its team, its key (or, in passthrough mode, its caller) — each with
 ``usd_per_day/week/month`` budgets and per-minute rates. Reserving is one atomic charge on the
 store (:class:`router.budgets.counters.Counters`): the request's worst case, priced on the
-model routed to (its estimated input at the dearest input rate it may pay, plus ``max_tokens``
-of output), is added to every budget window it counts in, and its tokens are taken from every
-bucket; if any budget is already spent or any bucket is empty, nothing is taken and the
-request is refused. Because a budget refuses only once it is spent, and each admitted request
-reserves at least what it will cost, concurrent requests overspend by at most one request.
-Settling adds the difference between what the account stage priced and what was reserved,
-and gives back unused tokens.
+dearest model that may answer it (its estimated input at the dearest input rate it may pay,
+plus ``max_tokens`` of output), is added to every budget window it counts in, and its tokens
+are taken from every bucket; if any budget is already spent or any bucket is empty, nothing is
+taken and the request is refused. Because a budget refuses only once it is spent, and each
+admitted request reserves at least what it will cost, concurrent requests overspend by at most
+one request. Settling adds the difference between what the account stage priced and what was
+reserved, and gives back unused tokens.
 
 Before it is spent, a budget warns (``budgets.warn_at``) and then caps the tier
 (``budgets.downgrade_at``, ``downgrade_to``): the cap is a bound the decide stage applies like
@@ -22,14 +22,15 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
+from functools import lru_cache
 from typing import Literal
 
 from router.accounting.cost import tokens_of
 from router.budgets.counters import Counters
-from router.budgets.keys import Identity
+from router.budgets.keys import Identity, Scope
 from router.budgets.windows import LIMIT_FIELDS, WINDOWS, Calendar, Period, Window
-from router.config import BudgetsConfig, Limits, Tier
+from router.config import BudgetsConfig, Tier
 from router.errors import RouterError
 from router.state.store import Charge
 from router.wire import CacheCreation, Usage
@@ -37,19 +38,20 @@ from router.wire import CacheCreation, Usage
 MICRO = Decimal(1_000_000)
 MINUTE_US = 60_000_000
 DAY = 86_400.0
-INPUT_MARGIN = Decimal("1.25")
+INPUT_MARGIN = 1.25
 """The input side is reserved at this multiple of the estimate: the estimate is tiktoken's
 count scaled by a learned factor, and a reservation below the actual cost would let concurrent
 requests overspend by more than one."""
+MAX_PLANS = 10_000
+"""Scopes whose charges are kept ready (every listed key, and passthrough callers seen)."""
+WARNING_HEADER = "x-router-budget-warning"
 
 Pricer = Callable[[str, Usage], Decimal | None]
 RateKind = Literal["requests", "input_tokens", "output_tokens"]
 RATE_FIELDS: dict[RateKind, str] = {"requests": "requests_per_minute",
                                     "input_tokens": "input_tokens_per_minute",
                                     "output_tokens": "output_tokens_per_minute"}
-
-
-WARNING_HEADER = "x-router-budget-warning"
+_ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
 
 
 class BudgetExceeded(RouterError):
@@ -65,36 +67,6 @@ class BudgetExceeded(RouterError):
 
 
 @dataclass(frozen=True, slots=True)
-class Scope:
-    """A team, key or caller, and its limits."""
-
-    kind: Literal["team", "key", "caller"]
-    name: str
-    limits: Limits
-
-    def describe(self) -> str:
-        """How messages name it."""
-        if self.kind == "caller":
-            return f"this API key (caller {self.name})"
-        return f"{self.kind} '{self.name}'"
-
-
-def scopes_of(identity: Identity) -> list[Scope]:
-    """The scopes whose limits a request counts against."""
-    scopes = []
-    if identity.team is not None and has_limits(identity.team_limits):
-        scopes.append(Scope("team", identity.team, identity.team_limits))
-    if has_limits(identity.limits):
-        scopes.append(Scope(identity.kind, identity.name, identity.limits))
-    return scopes
-
-
-def has_limits(limits: Limits) -> bool:
-    """Whether any limit is set."""
-    return any(getattr(limits, f) is not None for f in limits.__struct_fields__)
-
-
-@dataclass(frozen=True, slots=True)
 class Budget:
     """One USD budget window of a scope."""
 
@@ -102,12 +74,8 @@ class Budget:
     period: Period
     limit: int
     """Micro-dollars."""
-
-    @property
-    def key(self) -> str:
-        """The store key of its spend."""
-        return f"budget:{self.scope.kind}:{self.scope.name}:{self.period.window}:" \
-               f"{self.period.label}"
+    key: str
+    """The store key of its spend: named for the window's first day."""
 
     def ttl(self, now: float) -> float:
         """Seconds the spend is kept: past the window's end, for requests still settling."""
@@ -120,9 +88,6 @@ class Budget:
                 f"{usd(self.limit)} USD")
 
 
-_ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
-
-
 @dataclass(frozen=True, slots=True)
 class Rate:
     """One per-minute rate of a scope: a token bucket a minute deep."""
@@ -130,27 +95,41 @@ class Rate:
     scope: Scope
     kind: RateKind
     per_minute: int
-
-    @property
-    def key(self) -> str:
-        """The store key of its bucket."""
-        return f"rate:{self.scope.kind}:{self.scope.name}:{self.kind}"
-
-    def micros(self, units: int) -> int:
-        """Microseconds of refill ``units`` take (negative: given back)."""
-        return math.ceil(units * MINUTE_US / self.per_minute) if units > 0 else \
-            -math.floor(-units * MINUTE_US / self.per_minute)
+    key: str
 
     def charge(self, units: int, limit: bool = True) -> Charge:
-        """The bucket charge for ``units``."""
-        amount = self.micros(units)
+        """The bucket charge for ``units`` (negative: given back)."""
+        micros = units * MINUTE_US / self.per_minute
+        amount = math.ceil(micros) if units > 0 else -math.floor(-micros)
         return Charge(self.key, amount, (MINUTE_US + max(amount, 0)) / 1e6 + 1,
                       MINUTE_US if limit else None, bucket=True)
 
     def remaining(self, due_us: int, now_us: int) -> int:
         """Units left once the bucket is full again at ``due_us``."""
-        empty = max(0, due_us - now_us)
-        return max(0, math.floor((MINUTE_US - empty) * self.per_minute / MINUTE_US))
+        empty = due_us - now_us if due_us > now_us else 0
+        return max(0, (MINUTE_US - empty) * self.per_minute // MINUTE_US)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one identity's requests charge in the current windows: made once a day."""
+
+    day: Period
+    budgets: tuple[Budget, ...]
+    rates: tuple[Rate, ...]
+
+
+def plan_of(scopes: tuple[Scope, ...], periods: Mapping[Window, Period]) -> Plan:
+    """The budgets and rates of ``scopes`` in these windows."""
+    budgets = tuple(
+        Budget(scope, periods[window], round(Decimal(str(limit)) * MICRO),
+               f"budget:{scope.kind}:{scope.name}:{window}:{periods[window].label}")
+        for scope in scopes for window in WINDOWS
+        if (limit := getattr(scope.limits, LIMIT_FIELDS[window])) is not None)
+    rates = tuple(Rate(scope, kind, n, f"rate:{scope.kind}:{scope.name}:{kind}")
+                  for scope in scopes for kind, name in RATE_FIELDS.items()
+                  if (n := getattr(scope.limits, name)) is not None)
+    return Plan(periods["day"], budgets, rates)
 
 
 @dataclass
@@ -158,8 +137,7 @@ class Ticket:
     """A request's reservation: what to settle, and what it tells the client."""
 
     once: str
-    budgets: list[Budget]
-    rates: list[Rate]
+    plan: Plan
     reserved: int
     """Micro-dollars reserved in each budget."""
     input_tokens: int
@@ -182,9 +160,7 @@ def usd(micros: int) -> str:
 
 def micros_of(cost: Decimal | None) -> int:
     """A cost as whole micro-dollars (half to even): what the budgets add up."""
-    if cost is None:
-        return 0
-    return int((cost * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    return 0 if cost is None else round(cost * MICRO)
 
 
 def reservation(model: str, input_tokens: int, max_tokens: int, body: bytes,
@@ -201,9 +177,7 @@ def reservation(model: str, input_tokens: int, max_tokens: int, body: bytes,
                       cache_creation=CacheCreation(ephemeral_5m_input_tokens=0 if long else tokens,
                                                    ephemeral_1h_input_tokens=tokens if long else 0))
     cost = price(model, usage)
-    if cost is None:
-        return 0
-    return int((cost * MICRO).to_integral_value(rounding=ROUND_CEILING))
+    return 0 if cost is None else math.ceil(cost * MICRO)
 
 
 class Admissions:
@@ -213,17 +187,18 @@ class Admissions:
         self.counters = counters
         self.settings = settings
         self.calendar = calendar
+        self._plans: dict[tuple[str, str], Plan] = {}
 
-    def budgets_of(self, scopes: list[Scope], periods: Mapping[Window, Period]
-                   ) -> list[Budget]:
-        """The USD budgets in force for ``scopes`` now."""
-        found = []
-        for scope in scopes:
-            for window in WINDOWS:
-                limit = getattr(scope.limits, LIMIT_FIELDS[window])
-                if limit is not None:
-                    found.append(Budget(scope, periods[window], micros_of(Decimal(str(limit)))))
-        return found
+    def plan(self, identity: Identity, now: float) -> Plan:
+        """The charges of ``identity``'s requests now (kept until the day turns)."""
+        periods = self.calendar.at(now)
+        key = (identity.kind, identity.name)
+        plan = self._plans.get(key)
+        if plan is None or plan.day is not periods["day"]:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[key] = plan_of(identity.scopes, periods)
+        return plan
 
     async def reserve(self, identity: Identity, models: list[str], input_tokens: int,
                       max_tokens: int, body: bytes, price: Pricer, request_id: str
@@ -235,50 +210,50 @@ class Admissions:
             BudgetExceeded: a budget is spent or a rate limit reached; nothing was reserved.
             Unavailable: the store did not answer and budgets fail closed.
         """
-        scopes = scopes_of(identity)
-        if not scopes:
+        if not identity.scopes:
             return None
         now = time.time()
         now_us = int(now * 1e6)
-        budgets = self.budgets_of(scopes, self.calendar.at(now))
-        rates = [Rate(s, kind, n) for s in scopes for kind, f in RATE_FIELDS.items()
-                 if (n := getattr(s.limits, f)) is not None]
+        plan = self.plan(identity, now)
+        budgets, rates = plan.budgets, plan.rates
         reserved = max(reservation(m, input_tokens, max_tokens, body, price)
-                       for m in models) if budgets else 0
+                       for m in dict.fromkeys(models)) if budgets else 0
         units = {"requests": 1, "input_tokens": input_tokens, "output_tokens": max_tokens}
         charges = [Charge(b.key, reserved, b.ttl(now), b.limit) for b in budgets]
         charges += [r.charge(units[r.kind]) for r in rates]
-        once = f"{request_id}:reserve"
-        charged = await self.counters.charge(charges, now_us, once, may_refuse=True)
+        charged = await self.counters.charge(charges, now_us, f"{request_id}:reserve",
+                                             may_refuse=True)
         values = charged.values
         if not charged.applied:
-            raise self._refusal(budgets, rates, charges, values, now_us)
-        ticket = Ticket(f"{request_id}:settle", budgets, rates, reserved, input_tokens,
-                        max_tokens)
-        self._advise(ticket, [v - reserved for v in values[:len(budgets)]])
-        ticket.headers += _rate_headers(rates, values[len(budgets):], now_us)
+            raise self._refusal(plan, charges, values, now_us)
+        ticket = Ticket(f"{request_id}:settle", plan, reserved, input_tokens, max_tokens)
+        if budgets:
+            self._advise(ticket, [v - reserved for v in values[:len(budgets)]])
+        if rates:
+            ticket.headers += _rate_headers(rates, values[len(budgets):], now_us)
         return ticket
 
     async def settle(self, ticket: Ticket, cost: Decimal | None, usage: Usage | None) -> None:
         """Replace the reservation by what the request cost, and give back unused tokens."""
         now = time.time()
         delta = micros_of(cost) - ticket.reserved
-        charges = [Charge(b.key, delta, b.ttl(now)) for b in ticket.budgets] if delta else []
-        tokens = tokens_of(usage or Usage())
-        used = {"input_tokens": tokens.input + tokens.cache_write_5m + tokens.cache_write_1h
-                - ticket.input_tokens, "output_tokens": tokens.output - ticket.output_tokens}
-        charges += [r.charge(used[r.kind], limit=False) for r in ticket.rates
-                    if r.kind != "requests" and used[r.kind]]
+        plan = ticket.plan
+        charges = [Charge(b.key, delta, b.ttl(now)) for b in plan.budgets] if delta else []
+        if plan.rates:
+            tokens = tokens_of(usage or Usage())
+            used = {"input_tokens": tokens.input + tokens.cache_write_5m
+                    + tokens.cache_write_1h - ticket.input_tokens,
+                    "output_tokens": tokens.output - ticket.output_tokens}
+            charges += [r.charge(used[r.kind], limit=False) for r in plan.rates
+                        if r.kind != "requests" and used[r.kind]]
         if charges:
             await self.counters.charge(charges, int(now * 1e6), ticket.once, may_refuse=False)
 
     def _advise(self, ticket: Ticket, spent: list[int]) -> None:
         """Warn, and cap the tier, as the most spent budget nears its limit."""
-        if not ticket.budgets:
-            return
         share, budget, before = max(
-            ((s / b.limit if b.limit else 1.0), b, s)
-            for b, s in zip(ticket.budgets, spent, strict=True))
+            (((s / b.limit if b.limit else 1.0), b, s)
+             for b, s in zip(ticket.plan.budgets, spent, strict=True)), key=lambda t: t[0])
         settings = self.settings
         if share < settings.warn_at and (settings.downgrade_at is None
                                           or share < settings.downgrade_at):
@@ -291,17 +266,18 @@ class Admissions:
         ticket.warning = text
         ticket.headers.append((WARNING_HEADER, text))
 
-    def _refusal(self, budgets: list[Budget], rates: list[Rate], charges: list[Charge],
-                 values: list[int], now_us: int) -> BudgetExceeded:
+    def _refusal(self, plan: Plan, charges: list[Charge], values: list[int], now_us: int
+                 ) -> BudgetExceeded:
         """The error for a refused reservation: the limit that will be reached the longest."""
         now = now_us / 1e6
+        budgets, rates = plan.budgets, plan.rates
         reasons: list[tuple[float, str, bool]] = []
         for b, c, v in zip(budgets, charges, values, strict=False):
             if c.blocks(v, now_us):
-                wait = b.period.end_ts - now
-                reasons.append((wait, f"{b.describe(v)}; it resets at "
-                                      f"{b.period.resets_at()}", True))
-        for r, c, v in zip(rates, charges[len(budgets):], values[len(budgets):], strict=True):
+                reasons.append((b.period.end_ts - now, f"{b.describe(v)}; it resets at "
+                                                       f"{b.period.resets_at()}", True))
+        dues = values[len(budgets):]
+        for r, c, v in zip(rates, charges[len(budgets):], dues, strict=True):
             if c.blocks(v, now_us):
                 wait = (v + c.amount - MINUTE_US - now_us) / 1e6
                 unit = r.kind.replace("_", " ")
@@ -317,12 +293,13 @@ class Admissions:
             headers["x-should-retry"] = "false"
         else:
             message += f"; retry in {seconds} s"
-            headers.update(_rate_headers(rates, values[len(budgets):], now_us))
+            headers.update(_rate_headers(rates, dues, now_us))
         return BudgetExceeded(message, headers=headers,
                               action="refused" if spent else "rate_limited")
 
 
-def _rate_headers(rates: list[Rate], dues: list[int], now_us: int) -> list[tuple[str, str]]:
+def _rate_headers(rates: tuple[Rate, ...], dues: list[int], now_us: int
+                  ) -> list[tuple[str, str]]:
     """``x-router-ratelimit-*`` headers, in the style of the API's ``anthropic-ratelimit-*``:
     for each kind, the scope with the least left."""
     tightest: dict[RateKind, tuple[int, Rate, int]] = {}
@@ -332,8 +309,18 @@ def _rate_headers(rates: list[Rate], dues: list[int], now_us: int) -> list[tuple
             tightest[rate.kind] = (left, rate, due)
     headers = []
     for kind, (left, rate, due) in tightest.items():
-        name = f"x-router-ratelimit-{kind.replace('_', '-')}"
-        reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(max(due, now_us) / 1e6)))
-        headers += [(f"{name}-limit", str(rate.per_minute)), (f"{name}-remaining", str(left)),
-                    (f"{name}-reset", reset)]
+        name = _HEADER_NAMES[kind]
+        headers += [(name[0], str(rate.per_minute)), (name[1], str(left)),
+                    (name[2], _rfc3339(-(-max(due, now_us) // 1_000_000)))]
     return headers
+
+
+_HEADER_NAMES = {kind: tuple(f"x-router-ratelimit-{kind.replace('_', '-')}-{part}"
+                             for part in ("limit", "remaining", "reset"))
+                 for kind in RATE_FIELDS}
+
+
+@lru_cache(maxsize=256)
+def _rfc3339(seconds: int) -> str:
+    """A Unix time in whole seconds as RFC 3339 UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

@@ -38,6 +38,26 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def has_limits(limits: Limits) -> bool:
+    """Whether any limit is set."""
+    return any(getattr(limits, f) is not None for f in limits.__struct_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """A team, key or caller, and its limits."""
+
+    kind: Literal["team", "key", "caller"]
+    name: str
+    limits: Limits
+
+    def describe(self) -> str:
+        """How messages name it."""
+        if self.kind == "caller":
+            return f"this API key (caller {self.name})"
+        return f"{self.kind} '{self.name}'"
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who a request is charged to."""
@@ -47,9 +67,8 @@ class Identity:
     name: str
     """The key's name, or the caller's hash: never the key."""
     team: str | None
-    limits: Limits = NO_LIMITS
-    """The key's own limits (a caller's: ``budgets.callers``)."""
-    team_limits: Limits = NO_LIMITS
+    scopes: tuple[Scope, ...] = ()
+    """Whose limits the request counts against: its team's, then its own (those with any)."""
     upstream_key: str | None = field(default=None, repr=False)
     """Managed mode: the Anthropic key the request goes upstream with."""
 
@@ -80,6 +99,7 @@ class Keyring:
             self.teams.setdefault(key.team, NO_LIMITS)
         self.callers = config.budgets.callers
         self._by_hash: dict[str, KeyConfig] = {k.sha256: k for k in keys.issued}
+        self._caller_scopes = has_limits(self.callers)
         self._admin = frozenset(keys.admin)
         self._upstream: dict[str | None, str] = {}
         if self.mode == "managed":
@@ -92,6 +112,16 @@ class Keyring:
                     f"keys.mode is managed but ${name} is not set: requests go upstream with "
                     "the Anthropic key it holds" for name in missing])
             self._upstream = {team: environ[name] for team, name in wanted.items()}
+        # Built once: a request looks its identity up, with the limits it counts against.
+        self._identities = {k.sha256: self._identity_of(k) for k in keys.issued}
+
+    def _identity_of(self, key: KeyConfig) -> Identity:
+        scopes = [Scope("team", key.team, self.teams[key.team]), Scope("key", key.name,
+                                                                       key.limits)]
+        upstream = (self._upstream.get(key.team) or self._upstream[None]
+                    if self._upstream else None)
+        return Identity("key", key.name, key.team,
+                        tuple(s for s in scopes if has_limits(s.limits)), upstream)
 
     def identify(self, headers: Mapping[str, str]) -> Identity:
         """Return who the request is from.
@@ -99,20 +129,17 @@ class Keyring:
         Raises:
             AuthenticationFailed: managed mode, and the key is unknown or revoked.
         """
-        key = api_key_of(headers)
-        listed = self._by_hash.get(key_hash(key)) if self._by_hash else None
-        if listed is not None and listed.revoked:
-            raise AuthenticationFailed("invalid x-api-key: this key was revoked")
-        if self.mode == "managed":
-            if listed is None:
-                raise AuthenticationFailed("invalid x-api-key")
-            upstream = self._upstream.get(listed.team) or self._upstream[None]
-            return Identity("key", listed.name, listed.team, listed.limits,
-                            self.teams[listed.team], upstream)
+        digest = key_hash(api_key_of(headers)) if self._by_hash else ""
+        listed = self._identities.get(digest)
         if listed is not None:
-            return Identity("key", listed.name, listed.team, listed.limits,
-                            self.teams[listed.team])
-        return Identity("caller", caller_of(headers), None, self.callers)
+            if self._by_hash[digest].revoked:
+                raise AuthenticationFailed("invalid x-api-key: this key was revoked")
+            return listed
+        if self.mode == "managed":
+            raise AuthenticationFailed("invalid x-api-key")
+        caller = caller_of(headers)
+        scopes = (Scope("caller", caller, self.callers),) if self._caller_scopes else ()
+        return Identity("caller", caller, None, scopes)
 
     def is_admin(self, headers: Mapping[str, str]) -> bool:
         """Whether the request carries one of ``keys.admin``."""

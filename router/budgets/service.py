@@ -11,9 +11,9 @@ from decimal import Decimal
 from typing import Any
 
 from router.accounting.metrics import OTHER, Metrics
-from router.budgets.admission import Admissions, Budget, Pricer, Scope, Ticket, has_limits
+from router.budgets.admission import Admissions, Budget, Pricer, Ticket, plan_of
 from router.budgets.counters import Counters
-from router.budgets.keys import Identity, Keyring
+from router.budgets.keys import Identity, Keyring, Scope, has_limits
 from router.budgets.windows import Calendar, zone_of
 from router.config import Config
 from router.state import Store
@@ -26,8 +26,8 @@ class _Live:
 
     keyring: Keyring
     admissions: Admissions
-    scopes: list[Scope]
-    """Teams and keys with USD budgets: what the report and the gauges show."""
+    scopes: tuple[Scope, ...]
+    """Teams and keys with limits: what the report and the gauges show."""
 
 
 class Budgets:
@@ -57,8 +57,8 @@ class Budgets:
         calendar = Calendar(zone_of(config.budgets.timezone))
         scopes = [Scope("team", team, limits) for team, limits in keyring.teams.items()]
         scopes += [Scope("key", k.name, k.limits) for k in keyring.listed()]
-        scopes = [s for s in scopes if has_limits(s.limits)]
-        return _Live(keyring, Admissions(self.counters, config.budgets, calendar), scopes)
+        return _Live(keyring, Admissions(self.counters, config.budgets, calendar),
+                     tuple(s for s in scopes if has_limits(s.limits)))
 
     @property
     def keyring(self) -> Keyring:
@@ -89,8 +89,7 @@ class Budgets:
         """Every configured budget window now, with its spend (in-flight requests at their
         reservation), and whether the store was unreachable (this worker's view then)."""
         live = self._live
-        admissions = live.admissions
-        budgets = admissions.budgets_of(live.scopes, admissions.calendar.at(time.time()))
+        budgets = plan_of(live.scopes, live.admissions.calendar.at(time.time())).budgets
         values, degraded = await self.counters.values([b.key for b in budgets])
         return list(zip(budgets, values, strict=True)), degraded
 
@@ -122,10 +121,7 @@ class Budgets:
         }
 
     def _rate_scopes(self) -> list[Scope]:
-        keyring = self._live.keyring
-        scopes = [Scope("team", t, limits) for t, limits in keyring.teams.items()]
-        scopes += [Scope("key", k.name, k.limits) for k in keyring.listed()]
-        return [s for s in scopes if s.limits.requests_per_minute or
+        return [s for s in self._live.scopes if s.limits.requests_per_minute or
                 s.limits.input_tokens_per_minute or s.limits.output_tokens_per_minute]
 
     async def refresh(self, metrics: Metrics) -> None:

@@ -27,16 +27,16 @@ class Period:
     start: datetime
     end: datetime
     """The first instant of the next window (aware)."""
+    end_ts: float = 0.0
+    """``end`` as a Unix timestamp."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "end_ts", self.end.timestamp())
 
     @property
     def label(self) -> str:
         """The window's first day (``2026-11-30``): part of its spend's key."""
         return self.start.date().isoformat()
-
-    @property
-    def end_ts(self) -> float:
-        """``end`` as a Unix timestamp."""
-        return self.end.timestamp()
 
     def resets_at(self) -> str:
         """``end`` in UTC, RFC 3339 (``2026-11-30T23:00:00Z``)."""
