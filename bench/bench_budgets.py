@@ -17,19 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import platform
-import sqlite3
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import redis
+from bench_state import header, other_worker, redis_url, row, timed  # run as bench/bench_budgets.py
 
 from router.accounting.cost import PriceTable
 from router.budgets import Budgets, key_hash
@@ -58,7 +50,7 @@ teams:
 BODY = b'{"model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": []}'
 USAGE = Usage(input_tokens=1800, output_tokens=420, cache_read_input_tokens=12_000)
 
-WRITER = """
+CHARGER = """
 import asyncio, sys, time
 from router.config import StateConfig
 from router.state import open_store
@@ -75,9 +67,6 @@ async def main(directory, rate):
 asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 """
 
-Samples = tuple[list[float], list[float]]
-
-
 def config_with(sections: str) -> str:
     text = default_config_text()
     for name in ("keys", "teams"):
@@ -85,27 +74,6 @@ def config_with(sections: str) -> str:
         end = text.index("\n\n", start + 1)
         text = text[:start] + text[end:]
     return text + "\n" + sections
-
-
-async def timed(call: Callable[[], Awaitable[object]], n: int) -> Samples:
-    """``n`` wall-clock and CPU durations of ``call`` in microseconds, after a warm-up."""
-    for _ in range(min(n, 2000)):
-        await call()
-    wall, cpu = [], []
-    for _ in range(n):
-        start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
-        await call()
-        cpu.append((time.thread_time_ns() - start_cpu) / 1000)
-        wall.append((time.perf_counter_ns() - start) / 1000)
-    return wall, cpu
-
-
-def row(label: str, samples: Samples) -> str:
-    cells = []
-    for series in samples:
-        series.sort()
-        cells += [series[len(series) // 2], series[int(len(series) * 0.99)]]
-    return f"| {label} | " + " | ".join(f"{c:.1f} µs" for c in cells) + " |"
 
 
 async def measure(label: str, state: StateConfig, sections: str, n: int) -> list[str]:
@@ -169,31 +137,6 @@ def commands_per_request(url: str, sections: str, n: int = 200) -> str:
             "EVAL: one round trip each)")
 
 
-@contextlib.contextmanager
-def other_worker(directory: str, rate: float) -> Iterator[None]:
-    """A second process charging the same SQLite file ``rate`` times a second."""
-    process = subprocess.Popen([sys.executable, "-c", WRITER, directory, str(rate)],
-                               env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-    try:
-        time.sleep(2.0)
-        yield
-    finally:
-        process.kill()
-        process.wait()
-
-
-@contextlib.contextmanager
-def redis_url(given: str | None) -> Iterator[str]:
-    if given:
-        yield given
-        return
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.redis_server import running_redis
-
-    with running_redis() as server:
-        yield server.url
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="requests measured per row")
@@ -201,11 +144,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0,
                         help="charges per second of the second SQLite worker")
     args = parser.parse_args()
-    print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-          f"redis-py {redis.__version__}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, n={args.n} per row\n")
-    print("| per request | wall p50 | wall p99 | CPU p50 | CPU p99 |")
-    print("|---|---:|---:|---:|---:|")
+    print(header("per request", args.n))
     rows: list[str] = []
     profiles = [("7 limits", FULL), ("1 budget", DAY_ONLY)]
     for name, sections in profiles:
@@ -215,7 +154,7 @@ def main() -> None:
         state = StateConfig(backend="sqlite", dir=tmp)
         for name, sections in profiles:
             rows += asyncio.run(measure(f"sqlite, {name}", state, sections, args.n))
-        with other_worker(tmp, args.rate):
+        with other_worker(tmp, args.rate, CHARGER):
             rows += asyncio.run(measure(f"sqlite, 7 limits, 2nd worker charging "
                                         f"{args.rate:g}/s", state, FULL, args.n))
     with redis_url(args.redis_url) as url:

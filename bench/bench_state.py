@@ -111,9 +111,10 @@ async def ping_rows(url: str, n: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def other_worker(directory: str, rate: float) -> Iterator[None]:
-    """Run a second process writing to the same SQLite file ``rate`` times a second."""
-    process = subprocess.Popen([sys.executable, "-c", WRITER, directory, str(rate)])
+def other_worker(directory: str, rate: float, script: str = WRITER) -> Iterator[None]:
+    """Run a second process writing to the same SQLite file ``rate`` times a second (what it
+    writes: ``script``, run with the directory and the rate as arguments)."""
+    process = subprocess.Popen([sys.executable, "-c", script, directory, str(rate)])
     try:
         time.sleep(2.0)  # started and writing
         yield
@@ -134,6 +135,14 @@ def redis_url(given: str | None) -> Iterator[str]:
         yield server.url
 
 
+def header(what: str, n: int) -> str:
+    """The versions, the machine's load and the table's head."""
+    return (f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+            f"redis-py {redis.__version__}, {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.1f}, n={n} per row\n\n"
+            f"| {what} | wall p50 | wall p99 | CPU p50 | CPU p99 |\n|---|---:|---:|---:|---:|")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="calls measured per row")
@@ -141,11 +150,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0,
                         help="writes per second of the second SQLite worker")
     args = parser.parse_args()
-    print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-          f"redis-py {redis.__version__}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, n={args.n} per row\n")
-    print("| call | wall p50 | wall p99 | CPU p50 | CPU p99 |")
-    print("|---|---:|---:|---:|---:|")
+    print(header("call", args.n))
     rows = asyncio.run(measure("memory", StateConfig(backend="memory"), args.n))
     with tempfile.TemporaryDirectory(prefix="bench-state-") as tmp:
         config = StateConfig(backend="sqlite", dir=tmp)

@@ -551,6 +551,8 @@ def _extra_headers(decision: Decision | None, policy: Policy,
                    ) -> Callable[[str | None], list[tuple[str, str]]]:
     """Return a function giving the ``x-router-*`` headers every routed answer carries, for an
     answer from a given model (the decision's, or a fallback's), and the budget's."""
+    # Team and key names come from router.yaml: any text, made header-safe.
+    budget = [(name, _header_text(value)) for name, value in budget]
     if decision is None:
         return lambda model: list(budget)
 

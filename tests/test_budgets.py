@@ -213,6 +213,22 @@ def test_the_budgets_endpoint_is_for_admin_keys_only(
 # ------------------------------------------------------------------ budgets
 
 
+def test_a_team_with_any_name_gets_valid_headers_and_messages(
+        fake: FakeUpstream, start_proxy: Callable[..., str]) -> None:
+    keys = "keys:\n  issued:\n" + issued(("zoë", "équipe ☕", API_KEY))
+    text = budget_config(fake.url, keys=keys,
+                         teams="teams:\n  équipe ☕: {limits: {usd_per_day: 0.0011}}\n")
+    url = start(start_proxy, text)
+    fake.script(Reply(usage={"input_tokens": 0, "output_tokens": 40}),  # $0.001 on Opus
+                Reply(usage={"input_tokens": 0, "output_tokens": 1000}))
+    assert post(url, body())[0] == 200
+    status, headers, _ = post(url, body())
+    assert status == 200
+    assert headers["x-router-budget-warning"].startswith("team '?quipe ?' has spent 0.0010 of")
+    status, headers, data = post(url, body())
+    assert status == 429 and "équipe ☕" in json.loads(data)["error"]["message"]
+
+
 def test_a_team_budget_warns_then_downgrades_then_refuses(
         fake: FakeUpstream, start_proxy: Callable[..., str]) -> None:
     # Opus costs $0.25 for 10,000 output tokens, Haiku $0.05: against $1.00 a day.

@@ -36,7 +36,9 @@ class Budgets:
     def __init__(self, store: Store, config: Config, environ: Mapping[str, str],
                  on_fallback: Callable[[str, BaseException], None] | None = None,
                  source: str = "") -> None:
-        """Raises:
+        """Take the config's keys and limits, and managed mode's upstream keys from ``environ``.
+
+        Raises:
             ConfigError: managed mode without its upstream keys in ``environ``.
         """
         self.counters = Counters(store, store.on_error, on_fallback)

@@ -6,9 +6,17 @@ a host, surviving restarts) and ``redis`` (shared by replicas). See ``docs/state
 
 from router.state.factory import open_store, opened_store
 from router.state.memory import MemoryStore
-from router.state.store import FallbackStore, OnFallback, StateError, Store, StoreUnavailable
+from router.state.store import (
+    Charge,
+    FallbackStore,
+    OnFallback,
+    StateError,
+    Store,
+    StoreUnavailable,
+)
 
 __all__ = [
+    "Charge",
     "FallbackStore",
     "MemoryStore",
     "OnFallback",
