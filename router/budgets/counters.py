@@ -69,6 +69,7 @@ class Counters:
         self._seen: dict[str, int] = {}
         self._replay: deque[tuple[list[Charge], str]] = deque()
         self._down = False
+        self._replaying = False
 
     @property
     def backlog(self) -> int:
@@ -135,16 +136,22 @@ class Counters:
             self._down = False
             log.warning({"event": "budgets_store_recovered", "backend": self.name,
                          "to_replay": len(self._replay)})
-        for _ in range(min(REPLAY_PER_CALL, len(self._replay))):
-            charges, once = self._replay[0]
-            try:
-                await self._shared.charge(charges, now_us, once)
-            except StoreUnavailable as err:
-                self._went_down(err)
-                return
-            self._replay.popleft()
-            await self._local.charge([dataclasses.replace(c, amount=-c.amount)
-                                      for c in charges], now_us)
+        if self._replaying:
+            return  # another task of this worker is at it: one replays, in order
+        self._replaying = True
+        try:
+            for _ in range(min(REPLAY_PER_CALL, len(self._replay))):
+                charges, once = self._replay[0]
+                try:
+                    await self._shared.charge(charges, now_us, once)
+                except StoreUnavailable as err:
+                    self._went_down(err)
+                    return
+                self._replay.popleft()
+                await self._local.charge([dataclasses.replace(c, amount=-c.amount)
+                                          for c in charges], now_us)
+        finally:
+            self._replaying = False
 
     def _went_down(self, err: StoreUnavailable) -> None:
         if self._on_fallback is not None:
