@@ -76,8 +76,9 @@ def servers(configs: list[Path], env: dict[str, str], workers: int = 1) -> Itera
 
 
 def race(urls: list[str], key: str, clients: int) -> tuple[list[int], list[int]]:
-    """``clients`` threads, each sending requests (round robin over ``urls``) until refused;
-    return every status and the micro-dollar cost of every answer."""
+    """``clients`` threads, each sending requests (round robin over ``urls``) until refused,
+    then one more until refused; return every status and the micro-dollar cost of every
+    answer."""
     statuses: list[int] = []
     costs: list[int] = []
     lock = threading.Lock()
@@ -94,6 +95,9 @@ def race(urls: list[str], key: str, clients: int) -> tuple[list[int], list[int]]
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
+    # A request refused while others were in flight saw their reservations, which settle at
+    # less: once all have settled, one client alone spends what is left.
+    client(0)
     return statuses, costs
 
 
@@ -125,9 +129,10 @@ def test_four_replicas_on_redis_share_a_budget_survive_restarts_and_a_redis_outa
         assert 0 <= over <= max(costs), (over, max(costs))
         assert len(costs) > 50
 
-        with servers(configs, env) as urls:
-            assert [spent(u, "team", "race") for u in urls] == [recorded] * 4
-            assert post(urls[2], REQUEST, {"x-api-key": RACE})[0] == 429
+        # Restarted (one replica of each kind is enough from here on).
+        with servers([configs[0], configs[2]], env) as urls:
+            assert [spent(u, "team", "race") for u in urls] == [recorded] * 2
+            assert post(urls[1], REQUEST, {"x-api-key": RACE})[0] == 429
 
             # Redis dies mid-run: the `open` replicas go on, the `closed` ones refuse with a
             # 529 the SDKs retry; nothing answers 500.
@@ -148,7 +153,7 @@ def test_four_replicas_on_redis_share_a_budget_survive_restarts_and_a_redis_outa
             stop.set()
             for thread in threads:
                 thread.join()
-            for url, mode in zip(urls, ("open", "open", "closed", "closed"), strict=True):
+            for url, mode in zip(urls, ("open", "closed"), strict=True):
                 after = outcome[url][killed[url] + 2:]  # requests in flight at the kill
                 assert after, f"{url} served nothing after the kill"
                 assert set(outcome[url]) <= {200, 529}, outcome[url]

@@ -60,8 +60,14 @@ class BudgetExceeded(RouterError):
     status_code = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str], action: str) -> None:
-        super().__init__(message, headers=headers)
+    def __init__(self, message: str, *, action: str, seconds: int,
+                 headers: dict[str, str] | None = None) -> None:
+        spent = action == "refused"
+        # A spent budget comes back when its window turns: the SDKs must not retry at once,
+        # yet the client is told when (the renderer sends retry-after only with retries).
+        super().__init__(message, headers={**(headers or {}),
+                                           **({"retry-after": str(seconds)} if spent else {})},
+                         retry_after=None if spent else seconds, should_retry=not spent)
         self.action = action
         """``refused`` (a budget is spent) or ``rate_limited``."""
 
@@ -287,15 +293,10 @@ class Admissions:
         wait, message, spent = max(reasons, default=(1.0, "a limit of this key or team was "
                                                      "reached", False))
         seconds = max(1, math.ceil(wait))
-        headers = {"retry-after": str(seconds)}
         if spent:
-            # Retrying soon cannot help: the SDKs honour this and give up at once.
-            headers["x-should-retry"] = "false"
-        else:
-            message += f"; retry in {seconds} s"
-            headers.update(_rate_headers(rates, dues, now_us))
-        return BudgetExceeded(message, headers=headers,
-                              action="refused" if spent else "rate_limited")
+            return BudgetExceeded(message, action="refused", seconds=seconds)
+        return BudgetExceeded(f"{message}; retry in {seconds} s", action="rate_limited",
+                              seconds=seconds, headers=dict(_rate_headers(rates, dues, now_us)))
 
 
 def _rate_headers(rates: tuple[Rate, ...], dues: list[int], now_us: int
