@@ -14,10 +14,10 @@ import time
 
 from router.accounting.account import Books, Record, account
 from router.accounting.metrics import Metrics
-from router.config import default_config_text
+from router.config_file import default_config_text
 from router.routing.decide import Decision
+from router.routing.factor import FactorLearner
 from router.routing.rules import parse_policy
-from router.routing.tokens import FactorLearner
 from router.upstream.relay import Outcome
 from router.wire import CacheCreation, Usage
 

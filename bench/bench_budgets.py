@@ -25,7 +25,8 @@ from bench_state import header, other_worker, redis_url, row, timed  # run as be
 
 from router.accounting.cost import PriceTable
 from router.budgets import Budgets, key_hash
-from router.config import StateConfig, default_config_text, parse_config
+from router.config import StateConfig
+from router.config_file import default_config_text, parse_config
 from router.state import open_store
 from router.wire import Usage
 

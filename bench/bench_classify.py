@@ -34,9 +34,10 @@ from router.parse import Parsed, parse_messages  # noqa: E402
 from router.pipeline import DEFER_CHARS  # noqa: E402
 from router.routing.classify import classify  # noqa: E402
 from router.routing.decide import decide  # noqa: E402
+from router.routing.encoding import find_encoding  # noqa: E402
 from router.routing.rules import load_policy  # noqa: E402
 from router.routing.scorer import default_scorer  # noqa: E402
-from router.routing.tokens import TokenCounter, find_encoding  # noqa: E402
+from router.routing.tokens import TokenCounter  # noqa: E402
 
 SIZES = (1_000, 8_000, 32_000, 128_000, 200_000)
 

@@ -20,13 +20,15 @@ from typing import Any
 
 import msgspec
 
-from router.config import StateConfig, default_config_text
+from router.config import StateConfig
+from router.config_file import default_config_text
 from router.parse import parse_messages
 from router.pipeline import load_conversation, route, save_conversation
 from router.routing.capabilities import needs_of
 from router.routing.decide import decide
+from router.routing.factor import FactorLearner
 from router.routing.rules import parse_policy
-from router.routing.tokens import FactorLearner, TokenCounter
+from router.routing.tokens import TokenCounter
 from router.state import open_store
 from router.upstream.relay import Outcome
 from router.wire import CacheCreation, Usage

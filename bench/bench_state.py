@@ -17,7 +17,6 @@ import contextlib
 import os
 import platform
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,8 +25,11 @@ from pathlib import Path
 
 import redis
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from router.config import StateConfig
 from router.state import Store, open_store
+from tests import procs
 
 KEYS = {"conv:caller:session:model": b"claude-opus-4-7",
         "conv:caller:session:cache": b"\x00" * 48,
@@ -114,13 +116,10 @@ async def ping_rows(url: str, n: int) -> list[str]:
 def other_worker(directory: str, rate: float, script: str = WRITER) -> Iterator[None]:
     """Run a second process writing to the same SQLite file ``rate`` times a second (what it
     writes: ``script``, run with the directory and the rate as arguments)."""
-    process = subprocess.Popen([sys.executable, "-c", script, directory, str(rate)])
-    try:
+    with procs.started([sys.executable, "-c", script, directory, str(rate)],
+                       ready=lambda _: True):
         time.sleep(2.0)  # started and writing
         yield
-    finally:
-        process.kill()
-        process.wait()
 
 
 @contextlib.contextmanager
@@ -128,7 +127,6 @@ def redis_url(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.redis_server import running_redis
 
     with running_redis() as server:

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import fit_scorer as fit  # noqa: E402
-from router.config import default_config_text  # noqa: E402
+from router.config_file import default_config_text  # noqa: E402
 from router.routing.classify import judge  # noqa: E402
 from router.routing.decide import decide  # noqa: E402
 from router.routing.rules import Policy, parse_policy  # noqa: E402

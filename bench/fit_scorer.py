@@ -41,7 +41,7 @@ import numpy.typing as npt
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from router.config import load_config  # noqa: E402
+from router.config_file import load_config  # noqa: E402
 from router.parse import parse_messages  # noqa: E402
 from router.routing.classify import measure  # noqa: E402
 from router.routing.scorer import Scorer, parse_scorer  # noqa: E402

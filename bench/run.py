@@ -17,57 +17,24 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import procs  # noqa: E402
+
+LISTENING = re.compile(r"listening on (http://\S+)")
 BODY = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "Say hello in five words."}]}).encode()
 STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
 HEADERS = {"x-api-key": "sk-bench", "anthropic-version": "2023-06-01",
            "content-type": "application/json"}
-
-
-@contextmanager
-def process(args: list[str], env: dict[str, str] | None = None,
-            ready: str = "listening on") -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start a server process and yield it with the first line matching ``ready``."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
-    assert proc.stdout is not None
-    line = ""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if ready in line or not line:
-            break
-    if ready not in line:
-        proc.kill()
-        raise RuntimeError(f"{args[0]} did not start: {line!r}")
-    try:
-        yield proc, line
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -171,30 +138,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
 
-    python = sys.executable
-    router = str(Path(python).with_name("router"))
-    with process([python, "-m", "router.fake", "--port", "0"]) as (_fake, line):
-        fake_url = line.split("listening on ", 1)[1].strip()
-        port = free_port()
-        with process([router, "serve", "--port", str(port), "--workers", str(args.workers),
-                      "--log-level", "warning"],
-                     env={"ROUTER_UPSTREAM_URL": fake_url}, ready="serving on") as (proxy, _):
-            proxy_url = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    import urllib.request
-
-                    urllib.request.urlopen(proxy_url + "/readyz", timeout=1).read()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+    fake_args = procs.python_module("router.fake", "--port", "0")
+    with procs.started(fake_args, ready=procs.log_matches(LISTENING)) as fake:
+        listening = LISTENING.search(fake.output())
+        assert listening is not None
+        fake_url = listening.group(1)
+        with procs.router("serve", "--workers", str(args.workers), "--log-level", "warning",
+                          env={"ROUTER_UPSTREAM_URL": fake_url}) as proxy:
             try:
                 import uvloop
 
                 uvloop.install()
             except ImportError:
                 pass
-            results = asyncio.run(measure(fake_url, proxy_url, args.requests, args.seconds))
+            results = asyncio.run(measure(fake_url, proxy.url, args.requests, args.seconds))
             results["proxy_peak_rss_mb"] = peak_rss_mb(proxy.pid)
     results.update(machine=f"{platform.machine()}, {os.cpu_count()} cores",
                    python=platform.python_version(), workers=args.workers,

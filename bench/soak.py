@@ -47,7 +47,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.config import default_config_text
+from router.config_file import default_config_text
 from router.fake import (
     Behaviour,
     Drop,

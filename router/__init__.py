@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from router.config import Config, ConfigError, LoadedConfig, load_config
+from router.config import Config
+from router.config_file import ConfigError, LoadedConfig, load_config
 
 if TYPE_CHECKING:
     from router.app import create_app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,9 +15,9 @@ from litestar.handlers import asgi
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from router.accounting.account import Books
-from router.accounting.metrics import Metrics
+from router.accounting.metrics import Metrics, use_multiprocess
 from router.budgets import Budgets
-from router.config import ConfigError, resolve_config_path
+from router.config_file import ConfigError
 from router.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -29,11 +28,14 @@ from router.errors import (
     error_response,
     new_request_id,
 )
+from router.explain import explain
 from router.parse import header_map, require_api_key
-from router.pipeline import Endpoint, RouterState, explain, proxy
+from router.pipeline import Endpoint, RouterState, proxy
 from router.reload import watching
+from router.routing.factor import FactorLearner
 from router.routing.rules import Policy, load_policy
-from router.routing.tokens import FactorLearner, TokenCounter
+from router.routing.tokens import TokenCounter
+from router.settings import Settings
 from router.state import opened_store
 from router.upstream.pool import Upstream
 from router.upstream.resilience import Breakers, Gate, RetryBudget
@@ -46,6 +48,10 @@ def _state(scope: dict[str, Any]) -> RouterState:
 
 def _proxied(path: str, endpoint: Endpoint) -> Any:
     async def handler(scope: Any, receive: Any, send: Any) -> None:
+        # Litestar matches routes after folding repeated slashes, but the upstream gets the path
+        # as written ("/v1//messages"), which is no endpoint of it: such a path ends here.
+        if b"//" in (scope.get("raw_path") or b"").partition(b"?")[0]:
+            raise NotFoundException()
         await proxy(_state(scope), endpoint, scope, receive, send)
 
     return asgi(path, copy_scope=False, name=f"proxy_{endpoint.value}")(handler)
@@ -202,17 +208,21 @@ class RouterApp:
         await proxy(self.litestar.state.router, endpoint, scope, receive, send)
 
 
-def create_app(policy: Policy | None = None, config_path: str | None = None) -> RouterApp:
+def create_app(settings: Settings | None = None, policy: Policy | None = None) -> RouterApp:
     """Build the proxy application.
 
     Args:
-        policy: a compiled config; when None, it is loaded from ``config_path``, else from
-            $ROUTER_CONFIG, ./router.yaml or the embedded default.
-        config_path: the file to watch and reload the policy from (None: no reload).
+        settings: how to run; None reads them from the environment (for
+            ``uvicorn --factory router.app:create_app``). ``settings.config_path`` is the file
+            watched and reloaded (None: no reload).
+        policy: a compiled config (``settings.overrides`` are applied to it too); None loads
+            the one ``settings`` name.
     """
+    settings = Settings.from_env() if settings is None else settings
     if policy is None:
-        config_path = resolve_config_path(config_path)
-        policy = load_policy(config_path)
+        policy = load_policy(settings.config_path, overrides=settings.overrides)
+    else:
+        policy = policy.with_config(settings.overrides.applied(policy.config))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -220,7 +230,9 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
         upstream = Upstream(config.upstream)
         await upstream.open()
         learner = FactorLearner(priors={t.model: t.token_factor for t in config.tiers.values()})
-        books = Books(Metrics(), learner)
+        if settings.multiprocess_dir:
+            use_multiprocess(settings.multiprocess_dir)
+        books = Books(Metrics(settings.multiprocess_dir), learner)
         books.configure(policy)
 
         def fell_back(backend: str, error: BaseException) -> None:
@@ -229,11 +241,12 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
         try:
             async with opened_store(config.state, on_fallback=fell_back) as store:
                 # The environment is read here, once: managed mode's upstream keys.
-                budgets = Budgets(store, config, os.environ, fell_back, policy.loaded.source)
+                budgets = Budgets(store, config, settings.environ, fell_back,
+                                  policy.loaded.source)
                 state = RouterState(
                     policy=policy,
                     upstream=upstream,
-                    counter=TokenCounter.load(),
+                    counter=TokenCounter.load(settings.tiktoken_file),
                     learner=learner,
                     store=store,
                     books=books,
@@ -260,8 +273,9 @@ def create_app(policy: Policy | None = None, config_path: str | None = None) -> 
                 def counted(ok: bool) -> None:
                     books.metrics.reloads.labels("ok" if ok else "error").inc()
 
-                async with watching(config_path, install, config.server.reload_poll_seconds,
-                                    counted, lambda: state.policy.loaded.files):
+                async with watching(settings.config_path, install,
+                                    config.server.reload_poll_seconds, counted,
+                                    lambda: state.policy.loaded.files, settings.overrides):
                     yield
         finally:
             await upstream.close()

@@ -1,4 +1,4 @@
-"""The ``router`` command line: serve, check.
+"""The ``router`` command line: serve, check, explain, demo, schema.
 
 Arguments, output and exit codes only; the work is done by the modules it calls.
 """
@@ -6,16 +6,17 @@ Arguments, output and exit codes only; the work is done by the modules it calls.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from router.config import ConfigError, config_as_dict, resolve_config_path
+from router.config_file import ConfigError, config_as_dict
 from router.routing.rules import Policy, load_policy
+from router.settings import LOG_LEVELS, Settings, SettingsError, environ_with_dotenv
 
 if TYPE_CHECKING:
     from router.config import StateConfig
@@ -43,6 +44,7 @@ def cli() -> None:
       router explain request.json           # which model a request would get, and why
       router demo                           # everything, on a simulated upstream, no key
       router keys new --team platform       # a proxy key for managed mode, and its line
+      router schema > router.schema.json    # JSON Schema of router.yaml, for editors
     """
 
 
@@ -52,10 +54,10 @@ def cli() -> None:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Worker processes.")
-@click.option("--log-level", default=lambda: os.environ.get("ROUTER_LOG_LEVEL", "info"),
-              type=click.Choice(["debug", "info", "warning", "error"]), show_default="info",
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), show_default="info",
               help="Log level [env: ROUTER_LOG_LEVEL].")
-def serve(config_path: str | None, host: str, port: int, workers: int, log_level: str) -> None:
+def serve(config_path: str | None, host: str, port: int, workers: int,
+          log_level: str | None) -> None:
     """Run the proxy.
 
     \b
@@ -66,23 +68,19 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
 
     Clients then use base_url http://HOST:PORT with their own API key.
     """
-    import uvicorn
+    import functools
 
-    from router.accounting.metrics import (
-        MULTIPROC_ENV,
-        fresh_multiprocess_dir,
-        remove_multiprocess_dir,
-    )
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from router.accounting.metrics import fresh_multiprocess_dir, remove_multiprocess_dir
     from router.app import create_app
     from router.logs import configure_logging
 
-    path = resolve_config_path(config_path)
-    policy = _load_or_exit(path)
-    _check_upstream_keys(policy)
-    configure_logging(log_level)
-    if path:
-        # Workers re-read the config from the environment in their own process.
-        os.environ["ROUTER_CONFIG"] = os.path.abspath(path)
+    settings = _settings(config_path, log_level)
+    policy = _load_or_exit(settings)
+    _check_upstream_keys(policy, settings)
+    configure_logging(settings.log_level)
     click.echo(
         f"router: serving on http://{host}:{port} -> {policy.config.upstream.base_url} "
         f"(config {policy.loaded.source}, {len(policy.rules)} rules, "
@@ -103,14 +101,16 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
     # in place that ends the process with status 0, as a clean stop should.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if workers == 1:
-        os.environ.pop(MULTIPROC_ENV, None)
-        uvicorn.run(create_app(policy, path), **common)
+        single = dataclasses.replace(settings, multiprocess_dir=None)
+        uvicorn.run(create_app(single, policy), **common)
         return
-    # Workers sum their metrics through files in a directory private to this server.
-    shared = fresh_multiprocess_dir()
-    os.environ[MULTIPROC_ENV] = shared
+    # Workers sum their metrics through files in a directory private to this server. Each
+    # worker gets the settings in its spawn arguments (pickled), not through the environment.
+    shared = fresh_multiprocess_dir(settings.metrics_dir)
+    factory = functools.partial(create_app, dataclasses.replace(settings, multiprocess_dir=shared))
+    config = uvicorn.Config(factory, factory=True, workers=workers, **common)
     try:
-        uvicorn.run("router.app:create_app", factory=True, workers=workers, **common)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         remove_multiprocess_dir(shared)
 
@@ -130,7 +130,7 @@ def check(config_path: str | None, as_json: bool) -> None:
       router check --config router.yaml
       router check --config router.yaml --json | jq .rules
     """
-    policy = _load_or_exit(resolve_config_path(config_path))
+    policy = _load_or_exit(_settings(config_path))
     if as_json:
         click.echo(json.dumps(config_as_dict(policy.config), indent=2))
     else:
@@ -158,11 +158,14 @@ def explain(request_file: Any, config_path: str | None, headers: tuple[str, ...]
       curl -s localhost:8080/v1/router/explain -d @request.json   # the same, from the server
     """
     from router.errors import RouterError
+    from router.explain import explanation
     from router.parse import parse_messages
-    from router.pipeline import explanation, route
-    from router.routing.tokens import FactorLearner, TokenCounter
+    from router.pipeline import route
+    from router.routing.factor import FactorLearner
+    from router.routing.tokens import TokenCounter
 
-    policy = _load_or_exit(resolve_config_path(config_path))
+    settings = _settings(config_path)
+    policy = _load_or_exit(settings)
     header_map = {}
     for item in headers:
         name, sep, value = item.partition(":")
@@ -173,7 +176,7 @@ def explain(request_file: Any, config_path: str | None, headers: tuple[str, ...]
         parsed = parse_messages(request_file.read(), header_map)
     except RouterError as err:
         _fail(f"{request_file.name}: {err.message}")
-    counter = TokenCounter.load()
+    counter = TokenCounter.load(settings.tiktoken_file)
     config = policy.config
     learner = FactorLearner(priors={t.model: t.token_factor for t in config.tiers.values()})
     conversation = asyncio.run(_conversation_of(parsed, config.state))
@@ -213,7 +216,7 @@ def demo(config_path: str | None, host: str, port: int, rate: float, duration: f
     from router.demo import sample_files, serve_demo
     from router.logs import configure_logging
 
-    policy = _load_or_exit(resolve_config_path(config_path))
+    policy = _load_or_exit(_settings(config_path))
     configure_logging("warning")
     samples = sample_files(Path(tempfile.mkdtemp(prefix="router-demo-")))
 
@@ -310,6 +313,23 @@ async def _conversation_of(parsed: Parsed, state: StateConfig) -> Conversation |
         await store.close()
 
 
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of router.yaml, generated from the typed config.
+
+    The same schema ships as router/router.schema.json; router.yaml's first line points editors
+    with the YAML language server at it, so they complete keys and flag unknown ones as you type.
+
+    \b
+    Examples:
+      router schema > router.schema.json
+      router schema | jq '.["$defs"].TierConfig.properties | keys'
+    """
+    from router.schema import config_schema
+
+    click.echo(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+
+
 def render_explanation(report: dict[str, Any]) -> str:
     """Return the human-readable form of an explain report."""
     d = report["decision"]
@@ -378,21 +398,30 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-def _load_or_exit(path: str | None) -> Policy:
+def _settings(config_path: str | None, log_level: str | None = None) -> Settings:
+    """The settings from the flags given, over the environment, over ``.env``."""
     try:
-        return load_policy(path)
+        return Settings.from_env(environ_with_dotenv(), config_path=config_path,
+                                 log_level=log_level)
+    except SettingsError as err:
+        _fail(str(err))
+
+
+def _load_or_exit(settings: Settings) -> Policy:
+    try:
+        return load_policy(settings.config_path, overrides=settings.overrides)
     except ConfigError as err:
         for problem in err.problems:
             click.echo(f"{err.source}: {problem}", err=True)
         sys.exit(1)
 
 
-def _check_upstream_keys(policy: Policy) -> None:
+def _check_upstream_keys(policy: Policy, settings: Settings) -> None:
     """Exit with one line per problem unless managed mode finds its upstream keys."""
     from router.budgets import Keyring
 
     try:
-        Keyring(policy.config, os.environ, policy.loaded.source)
+        Keyring(policy.config, settings.environ, policy.loaded.source)
     except ConfigError as err:
         for problem in err.problems:
             click.echo(f"{err.source}: {problem}", err=True)
@@ -400,8 +429,5 @@ def _check_upstream_keys(policy: Policy) -> None:
 
 
 def main() -> None:
-    """Console entry point: read .env, then run the command line."""
-    from dotenv import load_dotenv
-
-    load_dotenv(override=False)
+    """Console entry point: run the command line."""
     cli()

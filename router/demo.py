@@ -20,9 +20,9 @@ import msgspec
 import uvicorn
 
 from router.app import create_app
-from router.config import LoadedConfig
 from router.fake import Fail, FakeUpstream, Reply, StreamError, running_fake
 from router.routing.rules import Policy
+from router.settings import Settings
 
 DEMO_KEY = "sk-ant-demo-not-a-real-key"
 
@@ -73,12 +73,10 @@ def sample_files(directory: Path) -> list[Path]:
 
 
 def demo_policy(policy: Policy, upstream_url: str) -> Policy:
-    """Return ``policy`` sending to the simulated upstream, with quick retries."""
+    """Return ``policy`` sending to the simulated upstream."""
     config = policy.config
     upstream = msgspec.structs.replace(config.upstream, base_url=upstream_url)
-    loaded = policy.loaded
-    new = msgspec.structs.replace(config, upstream=upstream)
-    return Policy(LoadedConfig(new, loaded.source, loaded.sha256, loaded.lines), policy.rules)
+    return policy.with_config(msgspec.structs.replace(config, upstream=upstream))
 
 
 async def generate_traffic(url: str, fake: FakeUpstream, rate: float, seed: int = 1) -> None:
@@ -117,7 +115,7 @@ async def serve_demo(policy: Policy, host: str, port: int, rate: float, duration
                      announce: Any) -> None:
     """Run the simulated upstream, the proxy and the traffic generator together."""
     with running_fake(default_event_delay=0.01) as fake:
-        app = create_app(demo_policy(policy, fake.url))
+        app = create_app(Settings(), demo_policy(policy, fake.url))
         server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False,
             server_header=False, date_header=False))

@@ -50,10 +50,10 @@ from router.routing.conversations import (
     state_key,
 )
 from router.routing.decide import Available, Decision, decide
+from router.routing.factor import FactorLearner
 from router.routing.features import Features
 from router.routing.rules import ALWAYS, Policy, Rule
-from router.routing.scorer import default_scorer
-from router.routing.tokens import FactorLearner, TokenCounter, TokenEstimate
+from router.routing.tokens import TokenCounter, TokenEstimate
 from router.state import Store
 from router.upstream.forward import Call, Reroute, forward
 from router.upstream.relay import Outcome, Reporting, Send
@@ -255,85 +255,6 @@ async def save_conversation(store: Store, conversation: Conversation, outcome: O
         await store.set_many(items, ttl_seconds)
     except Exception:
         logging.getLogger("router.pipeline").exception({"event": "state_write_failed"})
-
-
-async def explain(body: bytes, headers: dict[str, str], state: RouterState) -> dict[str, Any]:
-    """Stages 1-3 with every rule traced, for ``POST /v1/router/explain``: nothing goes upstream.
-
-    Raises:
-        InvalidRequest: the body is not a valid Messages request.
-    """
-    parsed = parse_messages(body, headers)
-    estimate = await estimate_tokens(state.counter, parsed, state.background)
-    conversation = await load_conversation(state.store, parsed)
-    routed = route(parsed, estimate, state.policy, state.learner, conversation,
-                   available=state.available, explain=True)
-    return explanation(routed, state.policy)
-
-
-def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
-    """Return the report ``explain`` shows: decision, rules tried, features, token estimate."""
-    decision = routed.decision
-    return {
-        "decision": {
-            "model": decision.model,
-            "tier": decision.tier or "other",
-            "rule": decision.rule,
-            "reason": decision.reason,
-            "requested_model": routed.features.requested_model,
-            "conversation": decision.action,
-            "fallbacks": list(decision.fallbacks),
-            "strip_thinking_blocks": len(decision.strip),
-            "dropped": list(decision.drop),
-        },
-        "conversation": _conversation_report(routed.conversation),
-        "rules": [
-            {"rule": t.rule, "matched": t.matched, "when": t.condition, "effect": t.effect}
-            for t in decision.trace
-        ],
-        "features": dataclasses.asdict(routed.features),
-        "complexity": complexity_explanation(routed.features, policy),
-        "estimate": dataclasses.asdict(routed.estimate),
-        "config": {"source": policy.loaded.source, "sha256": policy.loaded.sha256},
-    }
-
-
-def _conversation_report(conversation: Conversation | None) -> dict[str, Any] | None:
-    """What ``explain`` shows of the conversation: never content, only its routing state."""
-    if conversation is None:
-        return None
-    state = conversation.state
-    return {
-        "id": conversation.id,
-        "in_tool_loop": conversation.history.in_tool_loop,
-        "current_model": conversation.current_model(),
-        "signatures": len(conversation.history.signatures),
-        "signatures_known": len(conversation.owners),
-        "turns_seen": state.turns if state else 0,
-        "caches": {
-            model: {"tokens": c.tokens, "ttl": c.ttl,
-                    "expires_in_seconds": round(c.expires_at - conversation.now, 1)}
-            for model, c in (state.caches.items() if state else ())
-        },
-    }
-
-
-def complexity_explanation(features: Features, policy: Policy) -> dict[str, Any]:
-    """Return how ``complexity_score`` was reached: the model's base, what each feature added,
-    and the thresholds that made it a level."""
-    scorer = default_scorer()
-    simple_below, complex_from = scorer.thresholds(policy.config.complexity)
-    return {
-        "score": features.complexity_score,
-        "level": features.complexity,
-        "simple_below": simple_below,
-        "complex_from": complex_from,
-        "base": round(scorer.intercept, 2),
-        "contributions": [
-            {"term": c.term, "value": c.value, "points": round(c.points, 2)}
-            for c in scorer.contributions(features)
-        ],
-    }
 
 
 @dataclass

@@ -14,7 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from router.config import ConfigError
+from router.config_file import NO_OVERRIDES, ConfigError, Overrides
 from router.routing.rules import Policy, load_policy
 
 log = logging.getLogger("router.reload")
@@ -31,14 +31,17 @@ def _signature(path: str) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def reload_policy(path: str, install: Callable[[Policy], None], trigger: str) -> Policy | None:
+def reload_policy(path: str, install: Callable[[Policy], None], trigger: str,
+                  overrides: Overrides = NO_OVERRIDES) -> Policy | None:
     """Load ``path`` and install it; on any problem log it and keep the current policy.
+
+    ``overrides`` are the start-up settings from the environment, kept across reloads.
 
     Returns:
         The new policy, or None if the file was rejected.
     """
     try:
-        policy = load_policy(path)
+        policy = load_policy(path, overrides=overrides)
     except ConfigError as err:
         log.error({"event": "config_reload", "result": "error", "trigger": trigger,
                    "source": err.source, "problems": err.problems})
@@ -53,7 +56,7 @@ def reload_policy(path: str, install: Callable[[Policy], None], trigger: str) ->
 async def watching(
     path: str | None, install: Callable[[Policy], None], interval: float = 1.0,
     on_attempt: Callable[[bool], None] | None = None,
-    also: Callable[[], tuple[str, ...]] = tuple,
+    also: Callable[[], tuple[str, ...]] = tuple, overrides: Overrides = NO_OVERRIDES,
 ) -> AsyncIterator[None]:
     """Reload the policy from ``path`` whenever the file, or one of the files ``also()`` names
     (the live config's keys file), changes or SIGHUP arrives.
@@ -67,7 +70,7 @@ async def watching(
     loop = asyncio.get_running_loop()
 
     def attempt(trigger: str) -> None:
-        result = reload_policy(path, install, trigger)
+        result = reload_policy(path, install, trigger, overrides)
         if on_attempt is not None:
             on_attempt(result is not None)
 

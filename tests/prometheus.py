@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,7 +24,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tests import procs
 from tests.debian import ensure_package
+from tests.procs import free_port
 
 SKIP_ENV = "ROUTER_SKIP_PROMETHEUS"
 
@@ -49,13 +50,6 @@ def promtool(args: Sequence[str], stdin: bytes | None = None
     tool = ensure_prometheus()[1]
     return subprocess.run([tool, *args], input=stdin.decode() if stdin is not None else None,
                           capture_output=True, text=True, timeout=120, check=False)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -108,48 +102,18 @@ def running_prometheus(target: str, rule_files: Sequence[str | Path] = (),
         log_path = Path(tmp, "prometheus.log")
         for attempt in range(3):
             port = free_port()
-            with log_path.open("wb") as log:
-                process = subprocess.Popen(
-                    [binary, f"--config.file={config_path}",
-                     f"--storage.tsdb.path={Path(tmp, 'data')}",
-                     f"--web.listen-address=127.0.0.1:{port}"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{port}"
+            args = [binary, f"--config.file={config_path}",
+                    f"--storage.tsdb.path={Path(tmp, 'data')}",
+                    f"--web.listen-address=127.0.0.1:{port}"]
             try:
-                ready = _wait_ready(process, url)
-                if not ready and attempt < 2 and b"address already in use" in log_path.read_bytes():
+                with procs.started(args, ready=procs.url_answers(f"{url}/-/ready"), log=log_path):
+                    yield url
+                    return
+            except procs.ProcessFailed as err:
+                if attempt < 2 and "address already in use" in str(err):
                     continue  # lost the port to someone else between probe and bind
-                if not ready:
-                    log_tail = log_path.read_text(errors="replace")[-3000:]
-                    raise AssertionError(f"Prometheus did not become ready:\n{log_tail}")
-                yield url
-                return
-            finally:
-                _stop(process)
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            if _get(f"{url}/-/ready", timeout=1.0)[0] == 200:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+                raise AssertionError(f"Prometheus did not become ready: {err}") from None
 
 
 def api(base_url: str, path: str, **params: str) -> Any:

@@ -6,17 +6,16 @@ set ``ROUTER_SKIP_REDIS=1`` to skip the Redis tests instead.
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 
+from tests import procs
 from tests.debian import ensure_package
-from tests.prometheus import free_port
+from tests.procs import free_port
 
 SKIP_ENV = "ROUTER_SKIP_REDIS"
 
@@ -29,7 +28,7 @@ class RedisServer:
         self.directory = directory
         self.password = password
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.running: procs.Running | None = None
 
     @property
     def url(self) -> str:
@@ -48,27 +47,20 @@ class RedisServer:
                 "--daemonize", "no", "--loglevel", "warning"]
         if self.password:
             args += ["--requirepass", self.password]
-        with (self.directory / "redis.log").open("ab") as log:
-            self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
+        self.running = procs.spawn(args, ready=lambda _: self._answers(),
+                                   log=self.directory / "redis.log", timeout=20)
+
+    def _answers(self) -> bool:
         with self.client() as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    tail = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                    raise AssertionError(f"redis-server exited: {tail}")
-                try:
-                    if client.ping():
-                        return
-                except redis.RedisError:
-                    time.sleep(0.05)
-        raise AssertionError("redis-server did not answer PING within 20 s")
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL), as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.running is not None:
+            self.running.kill()
 
 
 @contextmanager

@@ -14,8 +14,7 @@ import anthropic
 import pytest
 
 from router.fake import FakeUpstream
-from tests.conftest import API_KEY, make_policy, with_section
-from tests.test_raw_http import post
+from tests.conftest import API_KEY, make_policy, post, with_section
 
 GOOD: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 16,
                         "messages": [{"role": "user", "content": "hi"}]}
@@ -131,7 +130,11 @@ def test_unknown_path_and_wrong_method(fake: FakeUpstream, proxy_url: str) -> No
     parts = urlsplit(proxy_url)
     for method, path, status, kind in [("GET", "/v1/nothing", 404, "not_found_error"),
                                        ("GET", "/v1/messages", 405, "invalid_request_error"),
-                                       ("GET", "/v1/modelsX", 404, "not_found_error")]:
+                                       ("GET", "/v1/modelsX", 404, "not_found_error"),
+                                       ("POST", "/v1//messages", 404, "not_found_error"),
+                                       ("POST", "//v1/messages", 404, "not_found_error"),
+                                       ("POST", "/v1/messages//count_tokens", 404,
+                                        "not_found_error")]:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
         conn.request(method, path, headers={"x-api-key": API_KEY})
         response = conn.getresponse()

@@ -30,7 +30,8 @@ from router.budgets import Unavailable, key_hash
 from router.budgets.counters import Counters
 from router.budgets.windows import periods_at, zone_of
 from router.cli import cli
-from router.config import ConfigError, StateConfig, parse_config
+from router.config import StateConfig
+from router.config_file import ConfigError, parse_config
 from router.fake import Drop, Fail, FakeUpstream, Reply
 from router.routing.rules import parse_policy
 from router.state import opened_store

@@ -29,8 +29,7 @@ from router.routing.conversations import (
 from router.routing.decide import decide
 from router.routing.rules import Policy, parse_policy
 from router.wire import MessageParam
-from tests.conftest import config_text
-from tests.test_rules import features
+from tests.conftest import config_text, make_features
 
 NOW = 1_000_000.0
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"
@@ -165,7 +164,7 @@ def test_every_signature_is_found_only_when_asked() -> None:
 
 def test_a_tool_loop_keeps_its_model_whatever_the_rules_say() -> None:
     conv = conversation(history(signed_by=HAIKU, tool_loop=True), state(HAIKU))
-    d = decide(features(complexity="complex", requested_model=OPUS), shipped(),
+    d = decide(make_features(complexity="complex", requested_model=OPUS), shipped(),
                conversation=conv)
     assert (d.model, d.rule, d.action) == (HAIKU, "conversation", "tool-loop")
     assert "rules alone say claude-opus-4-7" in d.reason
@@ -175,7 +174,7 @@ def test_a_tool_loop_keeps_its_model_whatever_the_rules_say() -> None:
 
 def test_a_tool_loop_whose_model_is_gone_moves_without_thinking() -> None:
     conv = conversation(history(signed_by=HAIKU, tool_loop=True), state(HAIKU))
-    d = decide(features(complexity="moderate", thinking="enabled", requested_model=SONNET),
+    d = decide(make_features(complexity="moderate", thinking="enabled", requested_model=SONNET),
                shipped(), conversation=conv, available=lambda m: m != HAIKU)
     assert d.model == SONNET
     assert d.strip == {signature_hash(SIG[HAIKU])}
@@ -185,7 +184,7 @@ def test_a_tool_loop_whose_model_is_gone_moves_without_thinking() -> None:
 
 def test_a_new_user_turn_moves_up_when_the_rules_ask_for_more() -> None:
     conv = conversation(history(signed_by=SONNET), state(SONNET, cached=50_000))
-    d = decide(features(complexity="complex", requested_model=OPUS, input_tokens=51_000),
+    d = decide(make_features(complexity="complex", requested_model=OPUS, input_tokens=51_000),
                shipped(), conversation=conv)
     assert (d.model, d.action) == (OPUS, "up")
     assert d.strip == {signature_hash(SIG[SONNET])}
@@ -194,7 +193,7 @@ def test_a_new_user_turn_moves_up_when_the_rules_ask_for_more() -> None:
 def test_a_warm_document_stays_rather_than_rewrite_its_cache() -> None:
     # 60k tokens cached for an hour on Opus: moving to Haiku rewrites them at $2/MTok.
     conv = conversation(history(), state(OPUS, cached=60_000, ttl=3600, expires_in=3000))
-    d = decide(features(complexity="simple", requested_model=OPUS, input_tokens=60_200),
+    d = decide(make_features(complexity="simple", requested_model=OPUS, input_tokens=60_200),
                shipped(), conversation=conv)
     assert (d.model, d.rule, d.action) == (OPUS, "conversation", "stay")
     assert "stays" in d.reason and "claude-haiku-4-5" in d.reason
@@ -202,7 +201,7 @@ def test_a_warm_document_stays_rather_than_rewrite_its_cache() -> None:
 
 def test_a_cold_conversation_moves_down_freely() -> None:
     conv = conversation(history(), state(OPUS, cached=60_000, expires_in=-1))
-    d = decide(features(complexity="simple", requested_model=OPUS, input_tokens=60_200),
+    d = decide(make_features(complexity="simple", requested_model=OPUS, input_tokens=60_200),
                shipped(), conversation=conv)
     assert (d.model, d.action) == (HAIKU, "down")
     assert "cache is cold" in d.reason
@@ -210,7 +209,7 @@ def test_a_cold_conversation_moves_down_freely() -> None:
 
 def test_a_small_chat_moves_down_because_the_move_pays_at_once() -> None:
     conv = conversation(history(), state(OPUS, cached=1_500, output=400))
-    d = decide(features(complexity="simple", requested_model=OPUS, input_tokens=1_600),
+    d = decide(make_features(complexity="simple", requested_model=OPUS, input_tokens=1_600),
                shipped(), conversation=conv)
     assert (d.model, d.action) == (HAIKU, "down")
     assert "moves down" in d.reason
@@ -232,7 +231,7 @@ def test_payback_arithmetic_is_what_the_prices_say() -> None:
 
 def test_affinity_turn_and_sticky() -> None:
     conv = conversation(history(), state(OPUS, cached=60_000, ttl=3600))
-    simple = features(complexity="simple", requested_model=OPUS, input_tokens=60_200)
+    simple = make_features(complexity="simple", requested_model=OPUS, input_tokens=60_200)
     assert decide(simple, with_conversations(affinity="turn"), conversation=conv).model == HAIKU
     cold = conversation(history(), state(OPUS))
     d = decide(simple, with_conversations(affinity="sticky"), conversation=cold)
@@ -243,21 +242,21 @@ def test_thinking_of_unknown_origin_is_taken_as_the_requested_models() -> None:
     # Nobody recorded the signer (the conversation began before this proxy kept its state):
     # inside a tool loop it stays on the requested model, the likeliest signer...
     loop = conversation(history(signed_by=SONNET, tool_loop=True), None, owners={})
-    d = decide(features(complexity="simple", requested_model=SONNET), shipped(),
+    d = decide(make_features(complexity="simple", requested_model=SONNET), shipped(),
                conversation=loop)
     assert (d.model, d.rule, d.strip) == (SONNET, "conversation", frozenset())
     # ...and at a new user turn it may move, without the thinking it cannot vouch for.
     turn = conversation(history(signed_by=SONNET), None, owners={})
-    d = decide(features(complexity="simple", requested_model=SONNET), shipped(),
+    d = decide(make_features(complexity="simple", requested_model=SONNET), shipped(),
                conversation=turn)
     assert d.model == HAIKU and d.strip == {signature_hash(SIG[SONNET])}
 
 
 def test_a_user_turn_that_may_start_a_tool_loop_starts_at_the_floor() -> None:
-    f = features(complexity="simple", tools=3, tool_choice="auto", requested_model=OPUS)
+    f = make_features(complexity="simple", tools=3, tool_choice="auto", requested_model=OPUS)
     d = decide(f, shipped(), conversation=conversation(history(turns=1), None))
     assert d.model == SONNET and "may start a tool loop" in d.reason
-    forced = features(complexity="simple", tools=1, tool_choice="tool", requested_model=OPUS)
+    forced = make_features(complexity="simple", tools=1, tool_choice="tool", requested_model=OPUS)
     assert decide(forced, shipped(), conversation=conversation(history(turns=1), None)
                   ).model == HAIKU
 
@@ -266,7 +265,7 @@ def test_a_user_turn_that_may_start_a_tool_loop_starts_at_the_floor() -> None:
 
 
 def test_max_tokens_above_a_models_limit_never_reaches_it() -> None:
-    f = features(complexity="simple", requested_model="claude-opus-4-7", max_tokens=100_000)
+    f = make_features(complexity="simple", requested_model="claude-opus-4-7", max_tokens=100_000)
     d = decide(f, shipped(), needs=needs_of(f, None, ""))  # type: ignore[arg-type]
     assert d.model == SONNET
     assert "max_tokens 100000 > 64000 on claude-haiku-4-5" in d.reason
@@ -287,14 +286,14 @@ def test_max_tokens_above_a_models_limit_never_reaches_it() -> None:
 def test_capabilities_move_a_request_or_drop_what_the_model_cannot_take(
         thinking: dict[str, object] | None, effort: str, beta: str, expected: str,
         dropped: tuple[str, ...]) -> None:
-    f = features(complexity="simple", requested_model=OPUS, effort=effort,
+    f = make_features(complexity="simple", requested_model=OPUS, effort=effort,
                  thinking=(thinking or {}).get("type", "none"))
     d = decide(f, shipped(), needs=needs_of(f, thinking, beta))  # type: ignore[arg-type]
     assert (d.model, d.drop) == (expected, dropped)
 
 
 def test_enabled_thinking_on_an_adaptive_only_model_moves_down_not_fails() -> None:
-    f = features(complexity="complex", requested_model=SONNET, thinking="enabled")
+    f = make_features(complexity="complex", requested_model=SONNET, thinking="enabled")
     needs = Needs(tokens=1000, max_tokens=1000, thinking="enabled", effort="",
                   betas=frozenset())
     d = decide(f, shipped(), needs=needs)  # type: ignore[arg-type]
@@ -373,7 +372,7 @@ def test_a_conversation_that_stays_keeps_its_own_models_fallbacks() -> None:
     # On Sonnet with a large warm cache, the rules say Haiku: it stays on Sonnet, and if Sonnet
     # is overloaded it may fall back as Sonnet does (to Haiku), not as Haiku would.
     conv = conversation(history(), state(SONNET, cached=60_000, ttl=3600, expires_in=3000))
-    d = decide(features(complexity="simple", requested_model=SONNET, input_tokens=60_200),
+    d = decide(make_features(complexity="simple", requested_model=SONNET, input_tokens=60_200),
                shipped(), conversation=conv)
     assert (d.model, d.action) == (SONNET, "stay")
     assert d.fallbacks == (HAIKU,)

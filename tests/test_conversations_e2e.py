@@ -12,15 +12,10 @@ import urllib.request
 from typing import Any
 
 import anthropic
-import msgspec
 import pytest
 
-from router.config import LoadedConfig
 from router.fake.upstream import Fail, FakeUpstream, Reply
-from router.routing.rules import Policy
-from tests.conftest import API_KEY, RUNNING, make_policy
-from tests.test_metrics import scrape, total
-from tests.test_raw_http import post
+from tests.conftest import API_KEY, RUNNING, make_policy, post, scrape, total, with_section
 
 TOOLS = [{"name": "Bash", "description": "Run a shell command.",
           "input_schema": {"type": "object", "properties": {"command": {"type": "string"}},
@@ -168,12 +163,7 @@ async def _dump_store(url: str) -> list[str]:
 
 def test_answers_report_the_model_that_answered_when_configured(fake: FakeUpstream,
                                                                 start_proxy: Any) -> None:
-    policy = make_policy(fake.url, None)
-    config = policy.config
-    conversations = msgspec.structs.replace(config.conversations, response_model="actual")
-    loaded = policy.loaded
-    actual = Policy(LoadedConfig(msgspec.structs.replace(config, conversations=conversations),
-                                 loaded.source, loaded.sha256, loaded.lines), policy.rules)
+    actual = with_section(make_policy(fake.url, None), "conversations", response_model="actual")
     url = start_proxy(policy=actual)
     answer = client(url).messages.create(model="claude-opus-4-7", max_tokens=64,
                                          messages=[{"role": "user", "content": "hi"}])

@@ -8,9 +8,6 @@ another model signed (so a wrong guess fails loudly, with a 400).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -20,11 +17,9 @@ from typing import Any
 import pytest
 
 from router.fake import FakeUpstream
-from tests.conftest import config_text
+from tests import procs
+from tests.conftest import config_text, post, scrape, total
 from tests.redis_server import RedisServer, running_redis
-from tests.test_metrics import scrape, total
-from tests.test_raw_http import post
-from tests.test_routing_e2e import _free_port, _ready, wait_for
 
 TOOLS = [{"name": "Bash", "description": "Run a shell command.",
           "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}]
@@ -33,18 +28,10 @@ TOOLS = [{"name": "Bash", "description": "Run a shell command.",
 @contextmanager
 def serving(config: Path, env: dict[str, str], workers: int = 1) -> Iterator[str]:
     """Run `router serve` in a process of its own; yield its URL."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port),
-         "--workers", str(workers), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_for(lambda: _ready(url), 30), "server did not start"
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with procs.router("serve", "--config", str(config), "--workers", str(workers),
+                      "--log-level", "warning", env=env) as server:
+        yield server.url
+        server.stop(20)
 
 
 def first_turn(session: str) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.accounting.cost import PriceTable, Tokens, tokens_of
-from router.config import default_config_text
+from router.config_file import default_config_text
 from router.routing.rules import parse_policy
 from router.upstream.sse import StreamUsage
 from router.wire import CacheCreation, ServerToolUse, Usage

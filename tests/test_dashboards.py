@@ -26,7 +26,7 @@ import yaml
 
 from router.fake import Fail, FakeUpstream, Reply
 from router.routing.rules import parse_policy
-from tests.conftest import API_KEY, config_text
+from tests.conftest import API_KEY, config_text, post
 from tests.prometheus import (
     api,
     comparisons_as_bool,
@@ -38,7 +38,6 @@ from tests.prometheus import (
     value,
     wait_for,
 )
-from tests.test_raw_http import post
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"

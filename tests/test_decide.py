@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from router.routing.decide import decide
 from router.routing.rules import Policy, parse_policy
-from tests.conftest import config_text
+from tests.conftest import config_text, make_features
 from tests.test_conversations import conversation, history, state
-from tests.test_rules import features
 
 POLICY = """\
 default: sonnet
@@ -38,70 +37,71 @@ def policy(text: str = POLICY) -> Policy:
 
 
 def test_first_match_wins() -> None:
-    d = decide(features(complexity="complex"), policy())
+    d = decide(make_features(complexity="complex"), policy())
     assert (d.model, d.tier, d.rule) == ("claude-opus-4-7", "opus", "hard")
-    d = decide(features(complexity="simple"), policy())
+    d = decide(make_features(complexity="simple"), policy())
     assert (d.model, d.rule) == ("claude-haiku-4-5", "simple")
 
 
 def test_default_catches_the_rest() -> None:
-    d = decide(features(complexity="moderate"), policy())
+    d = decide(make_features(complexity="moderate"), policy())
     assert (d.model, d.rule) == ("claude-sonnet-4-6", "default")
 
 
 def test_requested_default_keeps_the_model() -> None:
-    d = decide(features(complexity="moderate", requested_model="claude-opus-4-5"),
+    d = decide(make_features(complexity="moderate", requested_model="claude-opus-4-5"),
                policy("default: requested\n"))
     assert d.model == "claude-opus-4-5"
     assert d.tier == "opus"
 
 
 def test_pin_keeps_the_requested_model_even_under_guards() -> None:
-    f = features(app="batch", complexity="simple", tools=2, requested_model="claude-opus-4-7")
+    f = make_features(app="batch", complexity="simple", tools=2, requested_model="claude-opus-4-7")
     d = decide(f, policy())
     assert (d.model, d.rule) == ("claude-opus-4-7", "batch-app-pinned")
 
 
 def test_cap_and_floor_guards_apply_wherever_they_stand() -> None:
-    d = decide(features(app="ci", complexity="complex"), policy())
+    d = decide(make_features(app="ci", complexity="complex"), policy())
     assert (d.model, d.rule) == ("claude-sonnet-4-6", "hard")
     assert "bounded to sonnet" in d.reason
-    d = decide(features(tools=1, complexity="simple"), policy())
+    d = decide(make_features(tools=1, complexity="simple"), policy())
     assert (d.model, d.rule) == ("claude-sonnet-4-6", "simple")
 
 
 def test_context_window_moves_up_a_tier() -> None:
-    d = decide(features(complexity="simple", input_tokens=190_000, max_tokens=16_000), policy())
+    f = make_features(complexity="simple", input_tokens=190_000, max_tokens=16_000)
+    d = decide(f, policy())
     assert d.model == "claude-sonnet-4-6"
     assert "context" in d.reason
     # Even a cap does not squeeze a request into a window that cannot hold it.
-    d = decide(features(app="ci", complexity="simple", input_tokens=250_000), policy())
+    d = decide(make_features(app="ci", complexity="simple", input_tokens=250_000), policy())
     assert d.tier == "sonnet"
 
 
 def test_a_rule_may_allow_a_thinking_conversation_to_move() -> None:
     signed = conversation(history(signed_by="claude-opus-4-7"), state("claude-opus-4-7"))
-    f = features(complexity="moderate", history_thinking=True)
+    f = make_features(complexity="moderate", history_thinking=True)
     d = decide(f, policy(), conversation=signed)
     assert (d.model, d.rule, d.action) == ("claude-haiku-4-5", "thinking-may-move", "turn")
     assert d.strip == signed.foreign("claude-haiku-4-5") != frozenset()
 
 
 def test_unknown_models_pass_through_untouched() -> None:
-    d = decide(features(complexity="simple", requested_model="gpt-4o", requested_tier="other"),
+    d = decide(make_features(complexity="simple", requested_model="gpt-4o", requested_tier="other"),
                policy())
     assert (d.model, d.tier, d.rule, d.action) == ("gpt-4o", None, "passthrough", "passthrough")
     # ...unless a rule names the requested model explicitly.
     named = policy(POLICY.replace("  - name: hard", "  - name: gpt-to-haiku\n"
                                 "    when: {requested_model: gpt-*}\n    tier: haiku\n"
                                 "  - name: hard", 1))
-    d = decide(features(complexity="complex", requested_model="gpt-4o", requested_tier="other"),
-               named)
+    f = make_features(complexity="complex", requested_model="gpt-4o", requested_tier="other")
+    d = decide(f, named)
     assert (d.model, d.rule) == ("claude-haiku-4-5", "gpt-to-haiku")
 
 
 def test_explain_traces_every_rule() -> None:
-    d = decide(features(complexity="simple", tools=1), policy(), explain=True)
+    d = decide(make_features(complexity="simple", tools=1), policy(), explain=True)
     trace = {t.rule: t for t in d.trace}
     assert list(trace) == ["batch-app-pinned", "never-above-sonnet-for-ci", "tools-need-sonnet",
                            "hard", "simple", "thinking-may-move"]
@@ -110,4 +110,4 @@ def test_explain_traces_every_rule() -> None:
     assert not trace["hard"].matched
     assert trace["simple"].matched
     assert trace["thinking-may-move"].effect == "not tried"
-    assert decide(features(), policy()).trace == ()
+    assert decide(make_features(), policy()).trace == ()

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import pytest
 
-from tests.test_metrics import scrape, total
-from tests.test_routing_e2e import _free_port, _ready, wait_for
+from tests import procs
+from tests.conftest import scrape, total
+from tests.procs import wait_for
 
 
-def test_demo_fills_the_metrics_with_no_key() -> None:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router", "demo", "--port", str(port), "--rate", "25",
-         "--duration", "20"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_for(lambda: _ready(url), 20), "demo did not start"
-        assert wait_for(lambda: total(scrape(url), "router_requests_total") >= 30, 15)
-        samples = scrape(url)
+def test_demo_fills_the_metrics_with_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with procs.router("demo", "--rate", "25", "--duration", "20", timeout=20) as demo:
+        assert wait_for(lambda: total(scrape(demo.url), "router_requests_total") >= 30, 15)
+        samples = scrape(demo.url)
         tiers = {k.split('tier="')[1].split('"')[0] for k in samples
                  if k.startswith("router_requests_total{")}
         assert {"haiku", "sonnet", "opus"} <= tiers
         assert total(samples, "router_cost_usd_total") > 0
         assert total(samples, "router_counterfactual_cost_usd_total") > 0
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=20)
-    assert "router explain" in err
+        demo.stop(20)
+    assert "router explain" in demo.output()

@@ -6,8 +6,6 @@ import http.client
 import itertools
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from router.fake import (
     estimate_input_tokens,
     running_fake,
 )
+from tests import procs
 
 MODEL = "claude-sonnet-4-6"
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "Hello there"}]
@@ -554,20 +553,12 @@ def test_events_are_flushed_one_by_one(fake: FakeUpstream) -> None:
 
 
 def test_module_main_prints_url_and_serves() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "router.fake", "--host", "127.0.0.1", "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        match = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)", line)
-        assert match, line
+    args = procs.python_module("router.fake", "--host", "127.0.0.1", "--port", "0")
+    listening = r"listening on (http://127\.0\.0\.1:\d+)\n"
+    with procs.started(args, ready=procs.log_matches(listening), cwd=ROOT, inherit_env=False,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}) as fake:
+        match = re.search(listening, fake.output())
+        assert match, fake.output()
         client = anthropic.Anthropic(base_url=match.group(1), api_key="k", max_retries=0)
         assert client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES).content
-    finally:
-        process.terminate()
-        assert process.wait(timeout=5) == 0
+        assert fake.stop(5) == 0

@@ -29,10 +29,8 @@ from router.fake import (
     StreamError,
 )
 from router.routing.rules import Policy
-from tests.conftest import API_KEY, RUNNING, LoadedConfig, make_policy
-from tests.test_metrics import scrape, total
-from tests.test_raw_http import post
-from tests.test_routing_e2e import wait_for
+from tests.conftest import API_KEY, RUNNING, make_policy, post, scrape, total, with_section
+from tests.procs import wait_for
 
 PROMPT = [{"role": "user", "content": "hello"}]
 HEADERS = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01",
@@ -60,9 +58,7 @@ def tuned(upstream_url: str, policy_yaml: str = "default: requested\n", *,
         retry_budget=budget or RetryBudgetConfig(burst=10**6, min_per_second=10**6),
         breaker=BreakerConfig(failure_rate=failure_rate, min_requests=min_requests, window=60,
                               cooldown=cooldown))
-    new = msgspec.structs.replace(config, tiers=tiers, upstream=upstream)
-    loaded = policy.loaded
-    return Policy(LoadedConfig(new, loaded.source, loaded.sha256, loaded.lines), policy.rules)
+    return policy.with_config(msgspec.structs.replace(config, tiers=tiers, upstream=upstream))
 
 
 def body(model: str = "claude-haiku-4-5", **extra: Any) -> bytes:
@@ -291,11 +287,7 @@ def test_circuit_breaker_skips_a_failing_model_then_probes_it(fake: FakeUpstream
 
 
 def test_backpressure_answers_529_at_once(fake: FakeUpstream, start_proxy: Any) -> None:
-    policy = tuned(fake.url)
-    server = msgspec.structs.replace(policy.config.server, max_in_flight=2)
-    loaded = policy.loaded
-    url = start_proxy(policy=Policy(LoadedConfig(msgspec.structs.replace(
-        policy.config, server=server), loaded.source, loaded.sha256, loaded.lines), policy.rules))
+    url = start_proxy(policy=with_section(tuned(fake.url), "server", max_in_flight=2))
     fake.script(Stall(1.0), Stall(1.0))
 
     async def run() -> list[tuple[int, float, dict[str, str]]]:

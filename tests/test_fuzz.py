@@ -45,8 +45,15 @@ from router.app import create_app
 from router.fake import Drop, Fail, FakeUpstream, Malformed, Reply, Stall, StreamError
 from router.routing.rules import Policy
 from router.upstream.relay import reported_as
-from tests.conftest import RUNNING, make_policy, running_proxy, with_section, without_retries
-from tests.test_routing_e2e import wait_for
+from tests.conftest import (
+    RUNNING,
+    make_policy,
+    proxy_settings,
+    running_proxy,
+    with_section,
+    without_retries,
+)
+from tests.procs import wait_for
 
 API_KEY = "sk-ant-fuzz-7f3a9c1e5b2d4068aa"
 """Distinctive, so any echo of it in an answer is unmistakable."""
@@ -154,8 +161,8 @@ def serving(policy: Policy) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(
-        create_app(policy), log_config=None, access_log=False, server_header=False,
-        date_header=False, lifespan="on", timeout_graceful_shutdown=1))
+        create_app(proxy_settings(), policy), log_config=None, access_log=False,
+        server_header=False, date_header=False, lifespan="on", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
                               daemon=True)
     thread.start()

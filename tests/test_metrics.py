@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -17,28 +14,11 @@ import anthropic
 import pytest
 
 from router.fake import Fail, FakeUpstream, Reply
-from tests.conftest import API_KEY, config_text
-from tests.test_raw_http import post
-from tests.test_routing_e2e import _free_port, _ready, wait_for
+from tests import procs
+from tests.conftest import API_KEY, config_text, post, scrape, total
+from tests.procs import wait_for
 
 PROMPT = [{"role": "user", "content": "hello"}]
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Return every sample of /metrics as {'name{labels}': value}."""
-    text = urllib.request.urlopen(url + "/metrics").read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
-
-
-def total(samples: dict[str, float], name: str, **labels: str) -> float:
-    want = [f'{k}="{v}"' for k, v in labels.items()]
-    return sum(v for k, v in samples.items()
-               if k.split("{")[0] == name and all(w in k for w in want))
 
 
 def test_tokens_and_cost_equal_what_the_upstream_billed(fake: FakeUpstream, start_proxy: Any
@@ -127,17 +107,12 @@ def test_workers_sum_their_metrics_in_a_private_directory(fake: FakeUpstream, tm
                                                           ) -> None:
     path = tmp_path / "router.yaml"
     path.write_text(config_text(fake.url))
-    port = _free_port()
     base = tmp_path / "metrics"
     base.mkdir()
-    env = {**os.environ, "ROUTER_UPSTREAM_URL": fake.url, "ROUTER_METRICS_DIR": str(base)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--config", str(path), "--port", str(port),
-         "--workers", "2", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_for(lambda: _ready(url), 30), "server did not start"
+    env = {"ROUTER_UPSTREAM_URL": fake.url, "ROUTER_METRICS_DIR": str(base)}
+    with procs.router("serve", "--config", str(path), "--workers", "2", "--log-level",
+                      "warning", env=env) as server:
+        url = server.url
         dirs = list(base.iterdir())
         assert len(dirs) == 1 and dirs[0].name.startswith("router-metrics-")
         request = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8,
@@ -157,9 +132,7 @@ def test_workers_sum_their_metrics_in_a_private_directory(fake: FakeUpstream, tm
         # Whichever worker answers the scrape, it reports the sum over both.
         for _ in range(4):
             assert total(scrape(url), "router_requests_total") == n
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        server.stop(20)
     assert list(base.iterdir()) == [], "the metrics directory is removed on exit"
 
 

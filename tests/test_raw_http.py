@@ -11,23 +11,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from router.fake import Drop, Fail, FakeUpstream, Reply, Stall
-from tests.conftest import API_KEY, make_policy, without_retries
+from tests.conftest import API_KEY, make_policy, post, without_retries
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 32,
         "messages": [{"role": "user", "content": "hi"}]}
-
-
-def post(base_url: str, body: bytes, headers: dict[str, str] | None = None,
-         path: str = "/v1/messages") -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    sent = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01",
-            "content-type": "application/json", **(headers or {})}
-    conn.request("POST", path, body=body, headers=sent)
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
 def as_json(data: bytes) -> Any:

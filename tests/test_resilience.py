@@ -10,13 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.config import (
-    BreakerConfig,
-    RetryBudgetConfig,
-    RetryConfig,
-    TimeoutsConfig,
-    parse_config,
-)
+from router.config import BreakerConfig, RetryBudgetConfig, RetryConfig, TimeoutsConfig
+from router.config_file import parse_config
 from router.errors import (
     InvalidRequest,
     MethodNotAllowed,

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anthropic
 
 from router.fake import FakeUpstream, Reply
-from tests.conftest import API_KEY, config_text
-from tests.test_raw_http import post
+from tests import procs
+from tests.conftest import API_KEY, config_text, post
+from tests.procs import wait_for
 
 RULES_V1 = """\
 default: sonnet
@@ -48,15 +47,6 @@ def routed_model(url: str) -> tuple[str, dict[str, str]]:
     status, headers, _ = post(url, json.dumps(SIMPLE).encode())
     assert status == 200
     return headers["x-router-model"], headers
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_rules_route_and_the_upstream_sees_it(fake: FakeUpstream, start_proxy: Any) -> None:
@@ -156,40 +146,15 @@ def test_thinking_conversation_stays_on_the_model_that_signed_it(
 def test_sighup_reloads_a_running_server(fake: FakeUpstream, tmp_path: Path) -> None:
     path = tmp_path / "router.yaml"
     write(path, RULES_V1, fake.url, poll=0)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--config", str(path), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "ROUTER_UPSTREAM_URL": fake.url},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_for(lambda: _ready(url), 20), "server did not start"
-        assert routed_model(url)[0] == "claude-haiku-4-5"
+    with procs.router("serve", "--config", str(path), env={"ROUTER_UPSTREAM_URL": fake.url},
+                      timeout=20) as server:
+        assert routed_model(server.url)[0] == "claude-haiku-4-5"
         write(path, RULES_V2, fake.url, poll=0)
         time.sleep(0.3)
-        assert routed_model(url)[0] == "claude-haiku-4-5"  # polling is off: nothing yet
-        proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: routed_model(url)[0] == "claude-opus-4-7")
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=15)
-    reloads = [json.loads(line) for line in err.splitlines()
+        assert routed_model(server.url)[0] == "claude-haiku-4-5"  # polling is off: nothing yet
+        server.signal(signal.SIGHUP)
+        assert wait_for(lambda: routed_model(server.url)[0] == "claude-opus-4-7")
+        server.stop(15)
+    reloads = [json.loads(line) for line in server.output().splitlines()
                if line.startswith("{") and "config_reload" in line]
     assert reloads and reloads[-1]["trigger"] == "sighup" and reloads[-1]["result"] == "ok"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _ready(url: str) -> bool:
-    try:
-        return urllib.request.urlopen(url + "/readyz", timeout=1).status == 200
-    except OSError:
-        return False

@@ -8,25 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from router.cli import cli
-from router.config import ConfigError
+from router.config_file import ConfigError
 from router.routing.features import Features
 from router.routing.rules import compile_condition, feature_kinds, parse_policy
-from tests.conftest import config_text
+from tests.conftest import config_text, make_features
 
 KINDS = feature_kinds(Features)
-
-
-def features(**changes: object) -> object:
-    """A Features record for a short simple request, with some fields changed."""
-    base = {f: _zero(k) for f, k in KINDS.items()}
-    base.update(complexity="simple", thinking="none", requested_model="claude-sonnet-4-6",
-                requested_tier="sonnet")
-    base.update(changes)
-    return Features(**base)  # type: ignore[arg-type]
-
-
-def _zero(kind: str) -> object:
-    return {"number": 0, "bool": False, "string": "", "strings": ()}[kind]
 
 
 @pytest.mark.parametrize(
@@ -50,7 +37,7 @@ def _zero(kind: str) -> object:
 )
 def test_conditions(when: dict[str, object], changes: dict[str, object], expected: bool) -> None:
     condition = compile_condition(when, KINDS)
-    assert condition(features(**changes)) is expected
+    assert condition(make_features(**changes)) is expected
     assert condition.describe()
 
 
@@ -125,7 +112,7 @@ def test_check_accepts_the_shipped_config() -> None:
 
 
 def test_shipped_router_yaml_is_the_embedded_default() -> None:
-    from router.config import default_config_text
+    from router.config_file import default_config_text
 
     assert Path("router.yaml").read_text() == default_config_text()
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from router.config import ComplexityConfig, ConfigError, parse_config
+from router.config import ComplexityConfig
+from router.config_file import ConfigError, parse_config
 from router.parse import parse_messages
 from router.routing.classify import classify
 from router.routing.features import feature_names

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,56 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from router.fake import FakeUpstream, Reply
+from tests import procs
 from tests.conftest import API_KEY, config_text
-from tests.test_routing_e2e import _free_port, _ready, wait_for
 
 BODY = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
                    "messages": [{"role": "user", "content": "count to eight"}]}).encode()
 TEXT = "one two three four five six seven eight"
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @contextmanager
 def router_serve(tmp_path: Path, fake: FakeUpstream, grace: float | None = None
-                 ) -> Iterator[Server]:
-    """Run ``python -m router serve`` on a free port against the fake; kill it if still up."""
+                 ) -> Iterator[procs.Running]:
+    """Run ``python -m router serve`` on a free port against the fake; stop it if still up."""
     text = config_text(fake.url, "default: requested\n")
     if grace is not None:
         assert "grace_seconds: 30" in text
         text = text.replace("grace_seconds: 30", f"grace_seconds: {grace}")
     config = tmp_path / "router.yaml"
     config.write_text(text)
-    log = tmp_path / "server.log"
-    port = _free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--config", str(config), "--port",
-             str(port), "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "ROUTER_UPSTREAM_URL": fake.url},
-        )
-    server = Server(proc, port, log)
-    try:
-        assert wait_for(lambda: _ready(server.url) or proc.poll() is not None, 20)
-        assert proc.poll() is None, f"server exited at start:\n{server.output()}"
+    with procs.router("serve", "--config", str(config), "--log-level", "warning",
+                      env={"ROUTER_UPSTREAM_URL": fake.url}, log=tmp_path / "server.log",
+                      timeout=20) as server:
         yield server
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @dataclass
@@ -146,13 +115,13 @@ def test_sigterm_lets_the_stream_finish_and_turns_new_connections_away(
         stream = StreamRead(server.port).start()
         assert stream.first_event.wait(10), "no first event"
         assert stream.error is None and stream.status == 200, (stream.status, stream.error)
-        server.proc.send_signal(signal.SIGTERM)
+        server.signal(signal.SIGTERM)
         sent_at = time.monotonic()
         time.sleep(0.5)
         turned_away = new_connection_turned_away(server.port)
-        assert server.proc.poll() is None, "exited with a stream still in flight"
+        assert server.process.poll() is None, "exited with a stream still in flight"
         stream.join(timeout=30)
-        code = server.proc.wait(timeout=30)  # grace_seconds: 30 in the default config
+        code = server.wait(timeout=30)  # grace_seconds: 30 in the default config
         exited_after = time.monotonic() - sent_at
         output = server.output()
     assert stream.error is None, stream.error
@@ -176,9 +145,9 @@ def test_stream_longer_than_the_grace_is_cut_and_the_process_exits_promptly(
         stream = StreamRead(server.port).start()
         assert stream.first_event.wait(10), "no first event"
         assert stream.status == 200, (stream.status, stream.error)
-        server.proc.send_signal(signal.SIGTERM)
+        server.signal(signal.SIGTERM)
         sent_at = time.monotonic()
-        code = server.proc.wait(timeout=15)
+        code = server.wait(timeout=15)
         exited_after = time.monotonic() - sent_at
         stream.join(timeout=10)
         output = server.output()
@@ -194,6 +163,6 @@ def test_stream_longer_than_the_grace_is_cut_and_the_process_exits_promptly(
 
 def test_exit_status_after_sigterm_is_zero(fake: FakeUpstream, tmp_path: Path) -> None:
     with router_serve(tmp_path, fake) as server:
-        server.proc.send_signal(signal.SIGTERM)
-        code = server.proc.wait(timeout=15)
+        server.signal(signal.SIGTERM)
+        code = server.wait(timeout=15)
     assert code == 0, code

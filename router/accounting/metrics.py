@@ -2,7 +2,9 @@
 
 Labels are bounded: tier, model, rule and status come from the config or a fixed list, and
 anything else a client sends becomes ``other``. With several workers the metrics are summed
-across them through prometheus-client's multiprocess mode (see :func:`multiprocess_dir`).
+across them through prometheus-client's multiprocess mode, which the app's lifespan switches on
+explicitly in each worker (:func:`use_multiprocess`); creating :class:`Metrics` changes nothing
+outside itself.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    disable_created_metrics,
     generate_latest,
     multiprocess,
+    values,
 )
+from prometheus_client.metrics_core import Metric
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from router.settings import MULTIPROC_ENV
+
 M = TypeVar("M", Counter, Gauge, Histogram)
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
                    300.0, 600.0)
@@ -41,18 +45,28 @@ RETRY_REASONS = frozenset({"overloaded_error", "rate_limit_error", "api_error", 
                            "connection", "timeout"})
 
 
-def multiprocess_dir() -> str | None:
-    """The multiprocess directory of this process, if metrics are shared across workers."""
-    return os.environ.get(MULTIPROC_ENV) or None
+def use_multiprocess(path: str) -> None:
+    """Make this process write its metric values into ``path``, for the server to sum them.
+
+    prometheus-client's multiprocess mode is process-wide by design: it picks its value class
+    once and reads the directory from the environment whenever a value is created. So only the
+    lifespan of a worker that is one of several calls this, once, before it creates
+    :class:`Metrics`.
+    """
+    os.environ[MULTIPROC_ENV] = path
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
-def fresh_multiprocess_dir() -> str:
+def fresh_multiprocess_dir(base: str | None = None) -> str:
     """Create a private, empty directory for one ``router serve`` and its workers.
 
     Private so that two proxies on one host never mix their metrics; it is removed on exit by
     :func:`remove_multiprocess_dir`.
+
+    Args:
+        base: the parent directory (``$ROUTER_METRICS_DIR``); None is the temp dir.
     """
-    base = os.environ.get("ROUTER_METRICS_DIR") or None
     return tempfile.mkdtemp(prefix="router-metrics-", dir=base)
 
 
@@ -76,14 +90,34 @@ def forget_dead_workers(path: str) -> None:
             pass
 
 
-class Metrics:
-    """The proxy's metrics; one instance per app, created in its lifespan."""
+class _WithoutCreated:
+    """A registry's samples less the ``_created`` series.
 
-    def __init__(self) -> None:
-        # One `_created` series per series doubles what Prometheus stores, for nothing the
-        # dashboards use.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
-        shared = multiprocess_dir()
+    One ``_created`` series per series doubles what Prometheus stores, for nothing the dashboards
+    use; dropping them here, rather than with prometheus-client's process-wide switch, leaves
+    every other registry in the process as it was.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+
+class Metrics:
+    """The proxy's metrics; one instance per app, created in its lifespan.
+
+    Args:
+        multiprocess_dir: the directory workers share their metrics through, when this app is
+            one of several workers (after :func:`use_multiprocess`); None keeps them in this
+            instance alone.
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        shared = multiprocess_dir
         if shared:
             forget_dead_workers(shared)
             # Metrics register nowhere: the collector reads every worker's files instead.
@@ -185,6 +219,7 @@ class Metrics:
         self.known_models: frozenset[str] = frozenset()
         self.known_rules: frozenset[str] = frozenset()
         self._live: tuple[str, str] | None = None
+        self._exposed = _WithoutCreated(self.registry)
 
     def configure(self, models: Iterable[str], rules: Iterable[str], sha256: str, source: str,
                   daily_budget: float | None, teams: Iterable[str] = ()) -> None:
@@ -249,4 +284,4 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """Return the text exposition and its content type, for ``GET /metrics``."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._exposed), CONTENT_TYPE_LATEST

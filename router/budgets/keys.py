@@ -19,7 +19,8 @@ from typing import Literal
 
 from multidict import CIMultiDict
 
-from router.config import Config, ConfigError, KeyConfig, Limits
+from router.config import Config, KeyConfig, Limits
+from router.config_file import ConfigError
 from router.errors import AuthenticationFailed
 from router.parse import api_key_of
 from router.routing.conversations import caller_of

@@ -8,13 +8,11 @@ field is a plain scalar or a tuple of strings, so rules can compare it, and so t
 
 from __future__ import annotations
 
-import ast
-import inspect
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from functools import cache
 from typing import Final
+
+from router.attrdocs import attribute_docs
 
 COMPLEXITY_LEVELS: Final = ("simple", "moderate", "complex")
 
@@ -166,26 +164,9 @@ def feature_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(Features))
 
 
-@cache
 def feature_docs() -> Mapping[str, str]:
     """Return each :class:`Features` field's docstring, for ``router explain`` and rule checks.
 
-    Read from this module's source (attribute docstrings are not kept at runtime); empty when the
-    source is not available, e.g. in a zipped install.
+    Empty when the source is not available, e.g. in a zipped install.
     """
-    try:
-        tree = ast.parse(inspect.getsource(Features))
-    except (OSError, TypeError, SyntaxError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
+    return attribute_docs(Features)

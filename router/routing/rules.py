@@ -28,16 +28,14 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from router.config import (
-    TIERS,
-    Config,
+from router.config import TIERS, Config, ModelConfig, ModelPrice, RuleConfig, Tier
+from router.config_file import (
+    NO_OVERRIDES,
     ConfigError,
     LoadedConfig,
-    ModelConfig,
-    ModelPrice,
-    RuleConfig,
-    Tier,
+    Overrides,
     load_config,
+    located,
     parse_config,
 )
 from router.routing.features import Features
@@ -358,14 +356,21 @@ class Policy:
         """The decoded config."""
         return self.loaded.config
 
+    def with_config(self, config: Config) -> Policy:
+        """Return this policy with ``config`` in place of its own: the same compiled rules,
+        source, hash and lines (for settings changed in code, never for new rules)."""
+        return Policy(dataclasses.replace(self.loaded, config=config), self.rules)
 
-def load_policy(path: str | None = None) -> Policy:
+
+def load_policy(path: str | None = None, *, overrides: Overrides = NO_OVERRIDES) -> Policy:
     """Load a config file (or the embedded default) and compile its rules.
+
+    ``overrides`` (from the environment) change it as :func:`router.config_file.load_config` says.
 
     Raises:
         ConfigError: with one line per problem, each naming the key and its YAML line.
     """
-    return compile_policy(load_config(path))
+    return compile_policy(load_config(path, overrides=overrides))
 
 
 def parse_policy(text: str, source: str = "<string>") -> Policy:
@@ -389,9 +394,9 @@ def compile_policy(loaded: LoadedConfig) -> Policy:
         path = f"$.rules[{index}]"
         line = loaded.line_of(path)
         try:
-            spec = msgspec.convert(raw, RuleConfig, strict=False)
+            spec = msgspec.convert(raw, RuleConfig, strict=True)
         except msgspec.ValidationError as exc:
-            problems.append(_located(str(exc), f"rules[{index}]", path, loaded))
+            problems.append(located(str(exc), loaded.lines, root=path))
             continue
         label = f"rules[{index}] '{spec.name}'"
         try:
@@ -440,19 +445,6 @@ def _unpriced(loaded: LoadedConfig, rules: list[Rule]) -> list[str]:
         problems.append(f"default (line {loaded.line_of('$.default')}): '{default}' has no "
                         "price in pricing.models")
     return problems
-
-
-def _located(message: str, label: str, path: str, loaded: LoadedConfig) -> str:
-    """Rewrite msgspec's ``text - at `$.key` `` for a rule as ``label (line N): key: text``."""
-    text, sep, where = message.rpartition(" - at `")
-    key = where.rstrip("`").removeprefix("$").lstrip(".") if sep else ""
-    if not sep:
-        text = message
-    if text.startswith("Object contains unknown field"):
-        key = text.split("`")[1]
-    full = f"{path}.{key}" if key else path
-    prefix = f"{key}: " if key else ""
-    return f"{label} (line {loaded.line_of(full)}): {prefix}{text}"
 
 
 def _target_problems(spec: RuleConfig) -> list[str]:

@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from router.config import redacted_url
+from router.config_file import redacted_url
 from router.state.store import (
     ONCE_TTL_SECONDS,
     Charge,

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+from router.settings import APP_DIR
 from router.state.store import (
     Charge,
     OnError,
@@ -37,7 +38,6 @@ from router.state.store import (
 log = logging.getLogger("router.state")
 
 FILE_NAME = "state.db"
-APP_DIR = "claude-router"
 
 CHECKPOINT_SECONDS = 1.0
 """After writes, copy the WAL into the database at most this often (bounds the WAL's size)."""
@@ -102,13 +102,11 @@ RETURNING key, CAST(value AS INTEGER)
 
 
 def state_dir(configured: str | None) -> Path:
-    """Return the state directory: ``configured``, else $ROUTER_STATE_DIR, else
-    $XDG_STATE_HOME/claude-router, else ~/.local/state/claude-router."""
-    chosen = configured or os.environ.get("ROUTER_STATE_DIR")
-    if chosen:
-        return Path(chosen).expanduser()
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / APP_DIR
+    """Return the state directory: ``configured`` (``state.dir``, which $ROUTER_STATE_DIR or
+    $XDG_STATE_HOME fill in when the file leaves it unset), else ~/.local/state/claude-router."""
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".local" / "state" / APP_DIR
 
 
 def open_sqlite(directory: Path, *, max_keys: int, lock_timeout: float) -> SqliteStore:
