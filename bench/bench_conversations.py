@@ -22,8 +22,9 @@ import msgspec
 
 from router.config import StateConfig
 from router.config_file import default_config_text
+from router.conversation_state import load_conversation, save_conversation
 from router.parse import parse_messages
-from router.pipeline import load_conversation, route, save_conversation
+from router.pipeline import route
 from router.routing.capabilities import needs_of
 from router.routing.decide import decide
 from router.routing.factor import FactorLearner

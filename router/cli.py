@@ -300,7 +300,7 @@ def keys_hash(key_file: Any) -> None:
 async def _conversation_of(parsed: Parsed, state: StateConfig) -> Conversation | None:
     """The request's conversation as the server sees it, read from the configured store (the
     same SQLite file or Redis the server uses); without one, a conversation with no state."""
-    from router.pipeline import load_conversation
+    from router.conversation_state import load_conversation
     from router.state import MemoryStore, StateError, open_store
 
     try:

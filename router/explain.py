@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from router.conversation_state import load_conversation
 from router.parse import parse_messages
-from router.pipeline import Routed, RouterState, estimate_tokens, load_conversation, route
+from router.pipeline import Routed, RouterState, estimate_tokens, route
 from router.routing.conversations import Conversation
 from router.routing.features import Features
 from router.routing.rules import Policy

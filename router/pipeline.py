@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from router.accounting.account import Books, Record, account
 from router.accounting.metrics import Metrics
+from router.answer_headers import routing_headers
 from router.body import ClientGone, Receive, read_body
 from router.budgets import BudgetExceeded, Budgets, Identity, Ticket, Unavailable
 from router.catalogue import models_page
 from router.config import Tier
+from router.conversation_state import load_conversation, save_conversation
 from router.errors import (
     MethodNotAllowed,
     Overloaded,
@@ -35,19 +37,8 @@ from router.parse import Parsed, header_map, parse_count_tokens, parse_messages,
 from router.routing.capabilities import needs_of
 from router.routing.classify import classify
 from router.routing.conversations import (
-    SIGNATURES_LOOKED_UP,
     Conversation,
-    all_signatures,
-    caller_of,
-    conversation_id,
-    decode_state,
-    encode_state,
-    history_of,
     rewritten_body,
-    signature_hash,
-    signature_key,
-    state_after,
-    state_key,
 )
 from router.routing.decide import Available, Decision, decide
 from router.routing.factor import FactorLearner
@@ -191,72 +182,6 @@ def budget_bound(tier: Tier, why: str) -> Rule:
     return Rule("budget", why, ALWAYS, None, None, False, tier, None, False, -1, None)
 
 
-async def load_conversation(store: Store, parsed: Parsed) -> Conversation | None:
-    """Read the state of the conversation a request continues: one store round trip, and a
-    second only for a history whose thinking more than one model may have signed."""
-    messages = parsed.request.messages
-    caller = caller_of(parsed.headers)
-    cid = conversation_id(caller, parsed.headers, messages)
-    if cid is None:
-        return None
-    history = history_of(messages)
-    values = await _read(store, [state_key(cid),
-                                 *(signature_key(caller, h) for h in history.latest)])
-    state = decode_state(values[0])
-    owners = {h: v.decode() for h, v in zip(history.latest, values[1:], strict=True) if v}
-    signers = set(state.signers) if state else set()
-    if history.latest and (len(signers) != 1 or signers != set(owners.values())):
-        # The history may carry thinking of several models: every signature must be known to
-        # strip the right ones when the conversation moves (or stays).
-        every = all_signatures(messages)[-SIGNATURES_LOOKED_UP:]
-        unknown = [h for h in every if h not in owners]
-        found = await _read(store, [signature_key(caller, h) for h in unknown])
-        owners.update({h: v.decode() for h, v in zip(unknown, found, strict=True) if v})
-        history = dataclasses.replace(history, signatures=every)
-    # Only a first turn asks whether the client caches (a scan of the whole body).
-    caching = state is None and b'"cache_control"' in parsed.body
-    return Conversation(cid, caller, history, state, owners, time.time(), caching=caching)
-
-
-async def _read(store: Store, keys: list[str]) -> list[bytes | None]:
-    if not keys:
-        return []
-    try:
-        return await store.get_many(keys)
-    except Exception:
-        # State is an optimisation of cost, never a reason to fail a request.
-        logging.getLogger("router.pipeline").exception({"event": "state_read_failed"})
-        return [None] * len(keys)
-
-
-async def save_conversation(store: Store, conversation: Conversation, outcome: Outcome,
-                            ttl_seconds: float, estimate: int = 0) -> None:
-    """Remember which model answered, what it cached and which thinking it signed."""
-    model = outcome.model
-    if model is None or outcome.status != 200:
-        return
-    usage = outcome.usage
-    split = usage.cache_creation
-    state = state_after(
-        conversation.state, model, now=time.time(),
-        cache_read=usage.cache_read_input_tokens or 0,
-        cache_written=usage.cache_creation_input_tokens or 0,
-        written_1h=bool(split and split.ephemeral_1h_input_tokens),
-        output_tokens=usage.output_tokens or 0,
-        signed=bool(outcome.signatures),
-        estimate=estimate,
-        uncached=usage.input_tokens or 0,
-    )
-    items = {state_key(conversation.id): encode_state(state)}
-    owner = model.encode()
-    for signature in outcome.signatures:
-        items[signature_key(conversation.caller, signature_hash(signature))] = owner
-    try:
-        await store.set_many(items, ttl_seconds)
-    except Exception:
-        logging.getLogger("router.pipeline").exception({"event": "state_write_failed"})
-
-
 @dataclass
 class _Exchange:
     """Mutable bookkeeping of one request, read by the account stage at the end."""
@@ -344,7 +269,7 @@ async def proxy(
             body=body,
             requested=requested,
             models=models,
-            extra_headers=_extra_headers(routed.decision if routed else None, policy,
+            extra_headers=routing_headers(routed.decision if routed else None, policy,
                                          ticket.headers if ticket else ()),
             reporting=_reporting(routed, requested, policy, endpoint, state.store),
             reroute=reroute,
@@ -465,33 +390,6 @@ def _path_qs(scope: dict[str, Any]) -> str:
     path = raw.decode("latin-1").partition("?")[0] if raw else str(scope["path"])
     query = scope.get("query_string", b"")
     return path + ("?" + query.decode("latin-1") if query else "")
-
-
-def _extra_headers(decision: Decision | None, policy: Policy,
-                   budget: Sequence[tuple[str, str]] = ()
-                   ) -> Callable[[str | None], list[tuple[str, str]]]:
-    """Return a function giving the ``x-router-*`` headers every routed answer carries, for an
-    answer from a given model (the decision's, or a fallback's), and the budget's."""
-    # Team and key names come from router.yaml: any text, made header-safe.
-    budget = [(name, _header_text(value)) for name, value in budget]
-    if decision is None:
-        return lambda model: list(budget)
-
-    conversation = [("x-router-conversation", decision.action),
-                    ("x-router-reason", _header_text(decision.reason)), *budget]
-
-    def headers(model: str | None) -> list[tuple[str, str]]:
-        tier = decision.tier if model is None or model == decision.model else policy.tier_of(model)
-        return [("x-router-model", model or decision.model), ("x-router-tier", tier or "other"),
-                ("x-router-rule", decision.rule), *conversation]
-
-    return headers
-
-
-def _header_text(text: str, limit: int = 400) -> str:
-    """``text`` as a header value: printable ASCII on one line, bounded."""
-    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def _reporting(routed: Routed | None, requested: str | None, policy: Policy,

@@ -6,6 +6,7 @@ set ``ROUTER_SKIP_REDIS=1`` to skip the Redis tests instead.
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,11 @@ class RedisServer:
         self.password = password
         self.port = free_port()
         self.running: procs.Running | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The running ``redis-server`` process (for a test to pause it), if started."""
+        return self.running.process if self.running is not None else None
 
     @property
     def url(self) -> str:

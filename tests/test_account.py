@@ -60,6 +60,7 @@ def test_an_answer_counts_tokens_cost_and_the_counterfactual() -> None:
     where = {"model": HAIKU, "tier": "haiku"}
     assert value(books, "router_requests_total", rule="simple-to-haiku", status="2xx",
                  **where) == 1
+    where |= {"team": "other"}  # no team configured for the caller
     assert value(books, "router_tokens_total", type="input", **where) == 1000
     assert value(books, "router_tokens_total", type="cache_read", **where) == 10_000
     assert value(books, "router_tokens_total", type="cache_write_5m", **where) == 2000
@@ -81,7 +82,7 @@ def test_an_unpriced_model_is_cost_unknown_never_zero() -> None:
     account(record(answered(model="claude-made-up-9"), model="claude-made-up-9"), books)
     assert value(books, "router_unpriced_requests_total", model="other") == 1
     assert value(books, "router_cost_usd_total", model="other", tier="other",
-                 rule="simple-to-haiku") == 0
+                 rule="simple-to-haiku", team="other") == 0
 
 
 def test_an_unpriced_requested_model_claims_no_savings() -> None:
