@@ -36,10 +36,8 @@ from router.fake import Drop, Fail, FakeUpstream, Reply
 from router.routing.rules import parse_policy
 from router.state import opened_store
 from router.state.store import Charge
-from tests.conftest import API_KEY, config_text
+from tests.conftest import API_KEY, config_text, post, scrape, total
 from tests.redis_server import running_redis
-from tests.test_metrics import scrape, total
-from tests.test_raw_http import post
 
 UPSTREAM_KEY = "sk-ant-upstream-default-0000"
 TEAM_KEY = "sk-ant-upstream-research-1111"

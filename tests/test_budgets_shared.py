@@ -10,24 +10,21 @@ Two workers of one host on the default SQLite store share a budget and a rate li
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from decimal import Decimal
 from pathlib import Path
 
 from router.budgets import key_hash
 from router.budgets.admission import micros_of
 from router.fake import FakeUpstream
+from tests import procs
+from tests.conftest import post
 from tests.redis_server import running_redis
 from tests.test_budgets import ADMIN, admin_report, budget_config, issued, section, spent
-from tests.test_raw_http import post
-from tests.test_routing_e2e import _free_port, _ready, wait_for
 
 RACE = "sk-ant-team-race"
 STEADY = "sk-ant-team-steady"
@@ -55,24 +52,12 @@ def shared_config(upstream: str, state: str, race_usd: float) -> str:
 
 @contextmanager
 def servers(configs: list[Path], env: dict[str, str], workers: int = 1) -> Iterator[list[str]]:
-    """Run one `router serve` per config, started together; yield their URLs."""
-    procs, urls = [], []
-    try:
-        for config in configs:
-            port = _free_port()
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "router", "serve", "--config", str(config), "--port",
-                 str(port), "--workers", str(workers), "--log-level", "error"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env}))
-            urls.append(f"http://127.0.0.1:{port}")
-        for url in urls:
-            assert wait_for(lambda u=url: _ready(u), 60), f"{url} did not start"
-        yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+    """Run one `router serve` per config; yield their URLs."""
+    with ExitStack() as stack:
+        running = [stack.enter_context(procs.router(
+            "serve", "--config", str(config), "--workers", str(workers), "--log-level", "error",
+            env=env, timeout=60)) for config in configs]
+        yield [server.url for server in running]
 
 
 def race(urls: list[str], key: str, clients: int) -> tuple[list[int], list[int]]:
