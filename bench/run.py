@@ -1,41 +1,159 @@
-"""Proxy overhead bench: the same requests straight to the fake upstream and through the proxy.
+"""Proxy overhead bench: the same requests straight to the fake upstream, through the thinnest
+pass-through (bench/passthrough.py) and through the proxy, in alternating rounds.
 
-    .venv/bin/python bench/run.py [--requests 2000] [--seconds 10] [--workers 1] [--json]
+    .venv/bin/python bench/run.py [--rounds 5] [--requests 1000] [--seconds 3] [--json]
+    .venv/bin/python bench/run.py --targets direct,proxy,proxy:2 --no-pin   # worker scaling
 
-Starts the fake upstream (zero delay) and `router serve` as subprocesses on loopback, then
-measures in one run: latency p50/p99 at 1 connection, throughput at 64 connections, time to
-first SSE event, and the proxy's peak RSS. A script, not a test: numbers from a noisy machine
-inform, they do not fail CI.
+Method (issue 14): where ``taskset`` exists, the server under test (pass-through or proxy) is
+pinned alone to one core and the fake upstream and this load generator to the other, so the
+proxy's ratio to direct measures the proxy and not the three fighting over both cores. Each
+round measures every target once, in an order rotated round by round; each figure is the median
+over rounds of the difference (or ratio) to direct *within the same round*, with its spread
+(min-max), so that a slow moment of a shared machine moves both sides of a pair.
+
+Per target and round: latency p50/p99 at 1 connection (JSON), time to first SSE event p50/p99,
+throughput at 64 connections (JSON and streamed), CPU per request of the server's processes
+(utime+stime from /proc over the throughput run, divided by the requests it served), and peak
+RSS (VmHWM) per process. The proxy runs the shipped router.yaml, at log level info, writing its
+log to a file, its SQLite state in a temporary directory.
+
+A script, not a test: numbers from a noisy machine inform, they do not fail CI.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
-import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import procs  # noqa: E402
-
-LISTENING = re.compile(r"listening on (http://\S+)")
 BODY = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "Say hello in five words."}]}).encode()
 STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
 HEADERS = {"x-api-key": "sk-bench", "anthropic-version": "2023-06-01",
            "content-type": "application/json"}
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CONNECTIONS = 64
 
+
+# --------------------------------------------------------------------------- processes
+
+@dataclass
+class Server:
+    """A server process started for the bench."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def pids(self) -> list[int]:
+        """The process and all its descendants (uvicorn's workers)."""
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+        return found
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process tree so far."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        return total / TICK
+
+    def peak_rss_mib(self) -> list[float]:
+        """VmHWM of each process of the tree, in MiB."""
+        out = []
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        out.append(int(line.split()[1]) / 1024)
+        return out
+
+
+def pinned(args: list[str], cpus: str | None) -> list[str]:
+    """``args`` run under ``taskset -c cpus`` when pinning is on and taskset exists."""
+    return ["taskset", "-c", cpus, *args] if cpus and shutil.which("taskset") else args
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def server(name: str, args: list[str], log: Path, url: Callable[[str], str | None],
+           env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Run ``args`` (output to ``log``) until the block ends; ready once ``url(log text)``
+    gives a base URL whose ``/healthz`` (or, for the fake and pass-through, any path) answers."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + 60
+        base = None
+        while time.monotonic() < deadline and process.poll() is None:
+            base = base or url(log.read_text(errors="replace"))
+            if base and (name in ("direct", "passthrough") or answers(base + "/readyz")):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')[-2000:]}")
+        assert base is not None
+        yield Server(name, base, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def listening(text: str) -> str | None:
+    """The URL in a ``listening on URL`` line."""
+    for line in text.splitlines():
+        if "listening on " in line:
+            return line.split("listening on ", 1)[1].strip()
+    return None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- load
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -43,6 +161,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def latencies(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+    """Seconds per JSON request, one at a time."""
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -54,10 +173,12 @@ async def latencies(session: aiohttp.ClientSession, url: str, n: int) -> list[fl
 
 
 async def first_event_times(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+    """Seconds from sending a streamed request to its first complete SSE event."""
     out = []
     for _ in range(n):
         t = time.perf_counter()
         async with session.post(url + "/v1/messages", data=STREAM_BODY, headers=HEADERS) as r:
+            assert r.status == 200, r.status
             buffer = b""
             while b"\n\n" not in buffer:
                 chunk = await r.content.readany()
@@ -69,121 +190,191 @@ async def first_event_times(session: aiohttp.ClientSession, url: str, n: int) ->
     return out
 
 
-async def throughput(url: str, connections: int, seconds: float) -> float:
-    connector = aiohttp.TCPConnector(limit=connections)
-    done = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal done
-        while time.perf_counter() < stop_at:
-            async with session.post(url + "/v1/messages", data=BODY, headers=HEADERS) as r:
-                await r.read()
-                if r.status == 200:
-                    done += 1
-
+async def throughput(target: Server, body: bytes, seconds: float) -> tuple[float, float, int]:
+    """Requests per second at 64 connections, the server's CPU ms per request, and failures."""
+    done = failed = 0
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
     async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(connections)))
-        return done / (time.perf_counter() - started)
+
+        async def worker(stop_at: float, count: bool) -> None:
+            nonlocal done, failed
+            while time.perf_counter() < stop_at:
+                async with session.post(target.url + "/v1/messages", data=body,
+                                        headers=HEADERS) as r:
+                    await r.read()
+                    if count:
+                        done += r.status == 200
+                        failed += r.status != 200
+
+        # A short unmeasured burst opens the 64 connections first.
+        await asyncio.gather(*(worker(time.perf_counter() + 0.3, False)
+                               for _ in range(CONNECTIONS)))
+        cpu0, t0 = target.cpu_seconds(), time.perf_counter()
+        await asyncio.gather(*(worker(t0 + seconds, True) for _ in range(CONNECTIONS)))
+        elapsed, cpu = time.perf_counter() - t0, target.cpu_seconds() - cpu0
+    return done / elapsed, cpu / max(done, 1) * 1000, failed
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak RSS of a process and its children (the uvicorn workers), in MB."""
-    total = 0
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        m = re.search(r"VmHWM:\s+(\d+) kB", status)
-        total += int(m.group(1)) if m else 0
-    return total / 1024
-
-
-async def measure(direct: str, proxied: str, n: int, seconds: float) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+async def measure(target: Server, n: int, seconds: float) -> dict[str, float]:
+    """One round's figures for one target."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        for url in (direct, proxied):  # warm both paths up
-            await latencies(session, url, 200)
-            await first_event_times(session, url, 50)
-        d_lat = await latencies(session, direct, n)
-        p_lat = await latencies(session, proxied, n)
-        d_ttfe = await first_event_times(session, direct, n // 2)
-        p_ttfe = await first_event_times(session, proxied, n // 2)
-    for name, d, p in (("latency", d_lat, p_lat), ("ttfe", d_ttfe, p_ttfe)):
-        for q in (0.5, 0.99):
-            key = f"p{int(q * 100)}"
-            results[f"{name}_direct_{key}_ms"] = percentile(d, q) * 1000
-            results[f"{name}_proxy_{key}_ms"] = percentile(p, q) * 1000
-            results[f"{name}_added_{key}_ms"] = (percentile(p, q) - percentile(d, q)) * 1000
-    results["latency_direct_mean_ms"] = statistics.mean(d_lat) * 1000
-    results["rps_direct_64"] = await throughput(direct, 64, seconds)
-    results["rps_proxy_64"] = await throughput(proxied, 64, seconds)
-    results["rps_ratio"] = results["rps_proxy_64"] / results["rps_direct_64"]
-    return results
+        await latencies(session, target.url, 50)  # warm the connection and caches
+        lat = await latencies(session, target.url, n)
+        ttfe = await first_event_times(session, target.url, max(n // 2, 1))
+    rps, cpu_ms, failed = await throughput(target, BODY, seconds)
+    rps_stream, cpu_stream_ms, failed_stream = await throughput(target, STREAM_BODY, seconds)
+    return {
+        "p50_ms": percentile(lat, 0.5) * 1000,
+        "p99_ms": percentile(lat, 0.99) * 1000,
+        "ttfe_p50_ms": percentile(ttfe, 0.5) * 1000,
+        "ttfe_p99_ms": percentile(ttfe, 0.99) * 1000,
+        "rps": rps,
+        "rps_stream": rps_stream,
+        "cpu_ms": cpu_ms,
+        "cpu_stream_ms": cpu_stream_ms,
+        "failed": failed + failed_stream,
+    }
 
+
+# --------------------------------------------------------------------------- summary
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(rounds: list[dict[str, dict[str, float]]], names: list[str]) -> dict[str, Any]:
+    """Per target: medians over rounds of the paired differences and ratios to direct."""
+    out: dict[str, Any] = {}
+    for name in names:
+        per = [r[name] for r in rounds]
+        direct = [r["direct"] for r in rounds]
+        row: dict[str, Any] = {k: spread([p[k] for p in per]) for k in per[0]}
+        pairs = list(zip(per, direct, strict=True))
+        for key in ("p50_ms", "p99_ms", "ttfe_p50_ms", "ttfe_p99_ms"):
+            row["added_" + key] = spread([p[key] - d[key] for p, d in pairs])
+        for key in ("rps", "rps_stream"):
+            row["share_" + key] = spread([p[key] / d[key] for p, d in pairs])
+        out[name] = row
+    return out
+
+
+def table(summary: dict[str, Any], rss: dict[str, list[float]]) -> str:
+    """The Markdown table docs/speed.md keeps: median over rounds [min-max]."""
+
+    def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+        s = row[key]
+        return f"{s['median']:{fmt}} [{s['min']:{fmt}}–{s['max']:{fmt}}]"
+
+    lines = ["| target | added p50 / p99, 1 conn (ms) | added TTFE p50 / p99 (ms) | "
+             "req/s, 64 conn (share of direct) | streams (share) | CPU ms/req (streams) | "
+             "peak RSS MiB |", "|---|---|---|---|---|---|---|"]
+    for name, row in summary.items():
+        peak = rss.get(name, [])
+        rss_text = (f"{max(peak):.0f}" + (f" ×{len(peak)}" if len(peak) > 1 else "")
+                    if peak else "")
+        if name == "direct":
+            lines.append(
+                f"| direct (fake upstream) | p50 {cell(row, 'p50_ms', '.2f')}, "
+                f"p99 {cell(row, 'p99_ms', '.2f')} | p50 {cell(row, 'ttfe_p50_ms', '.2f')}, "
+                f"p99 {cell(row, 'ttfe_p99_ms', '.2f')} | {cell(row, 'rps', '.0f')} | "
+                f"{cell(row, 'rps_stream', '.0f')} | {cell(row, 'cpu_ms', '.3f')} "
+                f"({cell(row, 'cpu_stream_ms', '.3f')}) | {rss_text} |")
+            continue
+        lines.append(
+            f"| {name} | {cell(row, 'added_p50_ms', '+.2f')} / "
+            f"{cell(row, 'added_p99_ms', '+.2f')} | {cell(row, 'added_ttfe_p50_ms', '+.2f')} / "
+            f"{cell(row, 'added_ttfe_p99_ms', '+.2f')} | {cell(row, 'rps', '.0f')} "
+            f"({cell(row, 'share_rps', '.0%')}) | {cell(row, 'rps_stream', '.0f')} "
+            f"({cell(row, 'share_rps_stream', '.0%')}) | {cell(row, 'cpu_ms', '.3f')} "
+            f"({cell(row, 'cpu_stream_ms', '.3f')}) | {rss_text} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="sequential requests per path")
-    parser.add_argument("--seconds", type=float, default=10, help="length of each throughput run")
-    parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="sequential requests per target and round (half as many streamed)")
+    parser.add_argument("--seconds", type=float, default=3,
+                        help="length of each throughput run (JSON, then streamed)")
+    parser.add_argument("--targets", default="direct,passthrough,proxy",
+                        help="comma-separated: direct, passthrough, proxy, proxy:N (N workers)")
+    parser.add_argument("--config", default=str(ROOT / "router.yaml"), help="the proxy's config")
+    parser.add_argument("--log-level", default="info", help="the proxy's log level")
+    parser.add_argument("--server-cpus", default="0",
+                        help="cores for the pass-through and proxy (taskset -c)")
+    parser.add_argument("--load-cpus", default="1",
+                        help="cores for the fake upstream and this load generator")
+    parser.add_argument("--no-pin", action="store_true", help="let everything share all cores")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
 
-    fake_args = procs.python_module("router.fake", "--port", "0")
-    with procs.started(fake_args, ready=procs.log_matches(LISTENING)) as fake:
-        listening = LISTENING.search(fake.output())
-        assert listening is not None
-        fake_url = listening.group(1)
-        with procs.router("serve", "--workers", str(args.workers), "--log-level", "warning",
-                          env={"ROUTER_UPSTREAM_URL": fake_url}) as proxy:
-            try:
-                import uvloop
+    pin = not args.no_pin and shutil.which("taskset") is not None
+    server_cpus = args.server_cpus if pin else None
+    load_cpus = args.load_cpus if pin else None
+    if load_cpus:
+        os.sched_setaffinity(0, {int(c) for c in load_cpus.split(",")})
+    names = ["direct", *[t for t in args.targets.split(",") if t != "direct"]]
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        fake = stack.enter_context(server(
+            "direct", pinned([python, "-m", "router.fake", "--port", "0"], load_cpus),
+            work / "fake.log", listening))
+        servers = {"direct": fake}
+        for name in names[1:]:
+            if name == "passthrough":
+                servers[name] = stack.enter_context(server(name, pinned(
+                    [python, str(ROOT / "bench" / "passthrough.py"), "--upstream", fake.url],
+                    server_cpus), work / "passthrough.log", listening))
+                continue
+            workers = name.partition(":")[2] or "1"
+            port = free_port()
+            state_dir = work / f"state-{name.replace(':', '-')}"
+            servers[name] = stack.enter_context(server(name, pinned(
+                [str(Path(python).with_name("router")), "serve", "--config", args.config,
+                 "--port", str(port), "--workers", workers, "--log-level", args.log_level],
+                server_cpus), work / f"{name}.log", lambda _, p=port: f"http://127.0.0.1:{p}",
+                env={"ROUTER_UPSTREAM_URL": fake.url, "ROUTER_STATE_DIR": str(state_dir)}))
+        try:
+            import uvloop
 
-                uvloop.install()
-            except ImportError:
-                pass
-            results = asyncio.run(measure(fake_url, proxy.url, args.requests, args.seconds))
-            results["proxy_peak_rss_mb"] = peak_rss_mb(proxy.pid)
-    results.update(machine=f"{platform.machine()}, {os.cpu_count()} cores",
-                   python=platform.python_version(), workers=args.workers,
-                   date=time.strftime("%Y-%m-%d"))
+            uvloop.install()
+        except ImportError:
+            pass
+        rounds: list[dict[str, dict[str, float]]] = []
+        for i in range(args.rounds):
+            order = names[i % len(names):] + names[:i % len(names)]
+            result = {name: asyncio.run(measure(servers[name], args.requests, args.seconds))
+                      for name in order}
+            rounds.append(result)
+            print(f"round {i + 1}/{args.rounds}: " + ", ".join(
+                f"{n} {result[n]['rps']:.0f} req/s {result[n]['cpu_ms']:.3f} ms CPU"
+                for n in names), file=sys.stderr)
+        rss = {name: s.peak_rss_mib() for name, s in servers.items()}
+    summary = summarise(rounds, names)
+    about = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "pinned": f"servers on cpu {server_cpus}, fake + load on cpu {load_cpus}" if pin
+        else "unpinned",
+        "load_average": os.getloadavg(),
+        "rounds": args.rounds,
+        "failed_requests": sum(r[n]["failed"] for r in rounds for n in names),
+    }
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"about": about, "summary": summary, "rounds": rounds,
+                          "peak_rss_mib": rss}, indent=2))
         return
-    print(table(results))
-
-
-def table(r: dict[str, Any]) -> str:
-    """Render the results as the Markdown table the README keeps."""
-    rows = [
-        ("latency p50, 1 connection", r["latency_direct_p50_ms"], r["latency_proxy_p50_ms"],
-         r["latency_added_p50_ms"], "≤ 1 ms added"),
-        ("latency p99, 1 connection", r["latency_direct_p99_ms"], r["latency_proxy_p99_ms"],
-         r["latency_added_p99_ms"], "≤ 3 ms added"),
-        ("time to first event p50", r["ttfe_direct_p50_ms"], r["ttfe_proxy_p50_ms"],
-         r["ttfe_added_p50_ms"], ""),
-        ("time to first event p99", r["ttfe_direct_p99_ms"], r["ttfe_proxy_p99_ms"],
-         r["ttfe_added_p99_ms"], "≤ 2 ms added"),
-    ]
-    lines = ["| measure | direct | through proxy | added | target |",
-             "|---|---:|---:|---:|---|"]
-    lines += [f"| {n} | {d:.2f} ms | {p:.2f} ms | {a:+.2f} ms | {t} |" for n, d, p, a, t in rows]
-    lines.append(f"| throughput, 64 connections | {r['rps_direct_64']:.0f} req/s | "
-                 f"{r['rps_proxy_64']:.0f} req/s | {r['rps_ratio']:.0%} of direct | ≥ 40% |")
-    lines.append(f"| proxy peak RSS | | {r['proxy_peak_rss_mb']:.0f} MB | | |")
-    lines.append(f"\n{r['date']}, {r['machine']}, Python {r['python']}, "
-                 f"{r['workers']} proxy worker(s); fake upstream, proxy and load generator "
-                 "share the machine.")
-    return "\n".join(lines)
+    print(table(summary, rss))
+    print(f"\n{about['date']}, {about['machine']}, Python {about['python']}, {about['pinned']}, "
+          f"{args.rounds} rounds (median [min–max] of per-round differences to direct), "
+          f"load average at end {about['load_average'][0]:.1f}, "
+          f"{about['failed_requests']} failed requests.")
 
 
 if __name__ == "__main__":
