@@ -62,6 +62,8 @@ class View:
     words: frozenset[str]
     phrases: frozenset[str]
     """2- and 3-word sequences starting with a word some lexicon phrase starts with."""
+    ascii: bool = False
+    """Whether the text is ASCII: then no fragment in another script can occur in it."""
 
 
 def view(text: str) -> View:
@@ -73,7 +75,7 @@ def view(text: str) -> View:
         [" ".join(tokens[i : i + 2]) for i in starts]
         + [" ".join(tokens[i : i + 3]) for i in starts]
     )
-    return View(lowered, tuple(tokens), frozenset(tokens), phrases)
+    return View(lowered, tuple(tokens), frozenset(tokens), phrases, lowered.isascii())
 
 
 class Lexicon:
@@ -83,7 +85,7 @@ class Lexicon:
     any term with non-ASCII letters, and stems marked ``~`` (prefixes in inflected languages).
     """
 
-    __slots__ = ("fragments", "phrases", "words")
+    __slots__ = ("ascii_fragments", "fragments", "phrases", "words")
 
     def __init__(self, *specs: str) -> None:
         words: set[str] = set()
@@ -107,14 +109,19 @@ class Lexicon:
         self.words = frozenset(words)
         self.phrases = frozenset(phrases)
         self.fragments = tuple(fragments)
+        # Most fragments are in other scripts; most requests are ASCII, and ~30 lexicons are
+        # tried per request, so the substring scans are skipped where they cannot match.
+        self.ascii_fragments = tuple(f for f in fragments if f.isascii())
 
     def found(self, view: View) -> bool:
         """Whether any term occurs in ``view``."""
-        return (
-            not self.words.isdisjoint(view.words)
-            or not self.phrases.isdisjoint(view.phrases)
-            or any(f in view.text for f in self.fragments)
-        )
+        if not self.words.isdisjoint(view.words) or not self.phrases.isdisjoint(view.phrases):
+            return True
+        fragments = self.ascii_fragments if view.ascii else self.fragments
+        if not fragments:
+            return False
+        text = view.text
+        return any(f in text for f in fragments)
 
 
 def count_kinds(lexicons: Sequence[Lexicon], view: View) -> int:
