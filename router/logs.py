@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 
+import msgspec
+
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON line; a dict message is merged into the object."""
+    """Formats a record as one JSON line; a dict message is merged into the object.
+
+    Every request writes a line at ``info``, so the line is built cheaply: msgspec encodes it
+    (values it cannot encode are written as their ``str()``), and the timestamp's date and time
+    are formatted once per second.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encode = msgspec.json.Encoder(enc_hook=str).encode
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as a JSON line."""
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         line: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -25,7 +40,7 @@ class JsonFormatter(logging.Formatter):
             line["message"] = record.getMessage()
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, separators=(",", ":"), default=str)
+        return self._encode(line).decode()
 
 
 def configure_logging(level: str = "info") -> None:
@@ -37,3 +52,9 @@ def configure_logging(level: str = "info") -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+    # The JSON line uses none of these: not looking up the caller's frame, thread and process
+    # for every record saves a few microseconds a request (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
