@@ -120,7 +120,7 @@ def server(name: str, args: list[str], log: Path, url: Callable[[str], str | Non
         base = None
         while time.monotonic() < deadline and process.poll() is None:
             base = base or url(log.read_text(errors="replace"))
-            if base and (name in ("direct", "passthrough") or answers(base + "/readyz")):
+            if base and (not name.startswith("proxy") or answers(base + "/readyz")):
                 break
             time.sleep(0.1)
         else:
@@ -301,7 +301,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3,
                         help="length of each throughput run (JSON, then streamed)")
     parser.add_argument("--targets", default="direct,passthrough,proxy",
-                        help="comma-separated: direct, passthrough, proxy, proxy:N (N workers)")
+                        help="comma-separated: direct, passthrough (aiohttp), passthrough-asgi "
+                        "(uvicorn), proxy, proxy:N (N workers)")
     parser.add_argument("--config", default=str(ROOT / "router.yaml"), help="the proxy's config")
     parser.add_argument("--log-level", default="info", help="the proxy's log level")
     parser.add_argument("--server-cpus", default="0",
@@ -326,10 +327,11 @@ def main() -> None:
             work / "fake.log", listening))
         servers = {"direct": fake}
         for name in names[1:]:
-            if name == "passthrough":
+            if name.startswith("passthrough"):
+                flags = ["--asgi"] if name == "passthrough-asgi" else []
                 servers[name] = stack.enter_context(server(name, pinned(
-                    [python, str(ROOT / "bench" / "passthrough.py"), "--upstream", fake.url],
-                    server_cpus), work / "passthrough.log", listening))
+                    [python, str(ROOT / "bench" / "passthrough.py"), "--upstream", fake.url,
+                     *flags], server_cpus), work / f"{name}.log", listening))
                 continue
             workers = name.partition(":")[2] or "1"
             port = free_port()
