@@ -44,6 +44,7 @@ from router.routing.decide import Available, Decision, decide
 from router.routing.factor import FactorLearner
 from router.routing.features import Features
 from router.routing.rules import ALWAYS, Policy, Rule
+from router.routing.task import TaskMemo
 from router.routing.tokens import TokenCounter, TokenEstimate
 from router.state import Store
 from router.upstream.forward import Call, Reroute, forward
@@ -87,6 +88,8 @@ class RouterState:
     """Keys, budgets and rate limits."""
     background: set[asyncio.Future[None]] = field(default_factory=set)
     """Exact token counts running in threads (kept referenced until done)."""
+    tasks: TaskMemo = field(default_factory=dict)
+    """Task texts already read by the classifier (an agent loop repeats its task turn)."""
 
     @property
     def metrics(self) -> Metrics:
@@ -151,8 +154,10 @@ def route(
     *,
     available: Available = lambda model: True,
     explain: bool = False,
+    tasks: TaskMemo | None = None,
 ) -> Routed:
-    """Stages 2-3: classify the request and decide its model. No I/O."""
+    """Stages 2-3: classify the request and decide its model. No I/O; ``tasks`` only saves
+    reading a task text again."""
     config = policy.config
     requested = config.resolve_model(parsed.request.model)
     requested_tier = policy.tier_of(requested)
@@ -162,6 +167,7 @@ def route(
         token_factor=learner.factor(requested, prior),
         requested_tier=requested_tier or "other",
         complexity=config.complexity,
+        tasks=tasks,
     )
     decision = decision_for(features, parsed, policy, conversation, available=available,
                             explain=explain)
@@ -245,7 +251,7 @@ async def proxy(
             estimate = await estimate_tokens(state.counter, parsed, state.background)
             conversation = await load_conversation(state.store, parsed)
             routed = route(parsed, estimate, policy, state.learner, conversation,
-                           available=state.available)
+                           available=state.available, tasks=state.tasks)
             if endpoint is Endpoint.MESSAGES:
                 routed, ticket = await _reserved(state, policy, identity, parsed, routed,
                                                  request_id)

@@ -13,6 +13,7 @@ import pytest
 from router.parse import parse_count_tokens, parse_messages
 from router.routing.classify import classify
 from router.routing.features import Features, feature_docs, feature_names
+from router.routing.task import TaskMemo, read_task
 from router.routing.tokens import TokenCounter
 
 AGENT_SYSTEM = (
@@ -273,6 +274,25 @@ def test_features_are_plain_values_with_docstrings() -> None:
 def test_classify_is_deterministic(counter: TokenCounter) -> None:
     text = "Compare RAID 5 and RAID 10 for a 4-drive NAS and recommend one."
     assert features(counter, text) == features(counter, text)
+
+
+def test_task_texts_read_once_give_the_same_features(counter: TokenCounter) -> None:
+    """An agent loop resends its task turn: the memo answers it, with the features unchanged."""
+    tasks: TaskMemo = {}
+    asks = ["Say hello in five words.", "Prove that sqrt(2) is irrational.",
+            "Design a multi-region active-active datastore with exactly once delivery."]
+    for ask in asks * 2:
+        parsed = parse_messages(msgspec.json.encode({
+            "model": "claude-sonnet-4-6", "max_tokens": 2048,
+            "messages": loop(ask, ["ok"] * 3)}), {})
+        estimate = counter.estimate(parsed.request)
+        fresh = classify(parsed, estimate, token_factor=1.0, requested_tier="sonnet")
+        assert classify(parsed, estimate, token_factor=1.0, requested_tier="sonnet",
+                        tasks=tasks) == fresh
+    assert len(tasks) == len(asks)
+    for i in range(5000):  # bounded: the oldest are forgotten
+        read_task(f"task number {i}", 14, seen=tasks)
+    assert len(tasks) == 4096
 
 
 def test_warm_200k_conversation_is_fast(counter: TokenCounter) -> None:

@@ -26,7 +26,7 @@ from router.parse import Parsed
 from router.routing.features import Features
 from router.routing.lexicon import TOOL_FAILURE, view
 from router.routing.scorer import Scorer, default_scorer
-from router.routing.task import full_length, read_task, system_is_spec, user_text
+from router.routing.task import TaskMemo, full_length, read_task, system_is_spec, user_text
 from router.routing.tokens import TokenEstimate
 from router.wire import Block, MessageParam, MessagesRequest
 
@@ -254,6 +254,7 @@ def classify(
     requested_tier: str,
     complexity: ComplexityConfig | None = None,
     scorer: Scorer | None = None,
+    tasks: TaskMemo | None = None,
 ) -> Features:
     """Compute the routing features of a parsed request.
 
@@ -268,11 +269,14 @@ def classify(
         complexity: ``router.yaml``'s thresholds for the ``complexity`` levels; unset ones are
             the scorer's own (chosen by cross-validation when it was fitted).
         scorer: The complexity model; the one shipped in the package by default.
+        tasks: Task signals already read, by text (an agent loop repeats its task turn); the
+            only state it touches, and only to save reading a text again.
 
     Returns:
         The features routing rules test.
     """
-    values = measure(parsed, estimate, token_factor=token_factor, requested_tier=requested_tier)
+    values = measure(parsed, estimate, token_factor=token_factor, requested_tier=requested_tier,
+                     tasks=tasks)
     return judge(values, scorer or default_scorer(), complexity)
 
 
@@ -287,7 +291,8 @@ def judge(values: dict[str, Any], scorer: Scorer, complexity: ComplexityConfig |
 
 
 def measure(
-    parsed: Parsed, estimate: TokenEstimate, *, token_factor: float, requested_tier: str
+    parsed: Parsed, estimate: TokenEstimate, *, token_factor: float, requested_tier: str,
+    tasks: TaskMemo | None = None,
 ) -> dict[str, Any]:
     """Return every feature of a request but the two the scorer computes from the others
     (``complexity_score``, ``complexity``), by name. See :func:`classify`."""
@@ -295,8 +300,8 @@ def measure(
     headers = parsed.headers
     conv = _conversation(request.messages)
     task = conv.task_content
-    sig = read_task(user_text(task) if task is not None else "",
-                    full_length(task) if task is not None else 0)
+    task_chars = full_length(task) if task is not None else 0
+    sig = read_task(user_text(task) if task is not None else "", task_chars, seen=tasks)
 
     thinking_block = request.thinking or {}
     kind = thinking_block.get("type")
@@ -336,7 +341,7 @@ def measure(
         "code_lines": sig.code_lines,
         "data_lines": sig.data_lines,
         "prose_words": sig.prose_words,
-        "task_chars": full_length(task) if task is not None else 0,
+        "task_chars": task_chars,
         "task_from_history": conv.task_from_history,
         "system_spec": system_is_spec(request.system),
         "structured_output": structured,

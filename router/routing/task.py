@@ -276,13 +276,37 @@ def _instruction(prose: str) -> str:
     return "\n\n".join(asking or (head, tail))
 
 
-def read_task(text: str, task_chars: int) -> TaskSignals:
+_READ_KEPT: Final = 4096
+"""Task texts whose signals are remembered (a few hundred bytes each, the text not kept)."""
+
+TaskMemo = dict[tuple[int, int, int], TaskSignals]
+"""Signals already read, by task text: owned by the app (``RouterState.tasks``)."""
+
+
+def read_task(text: str, task_chars: int, *, seen: TaskMemo | None = None) -> TaskSignals:
     """Read the signals of a task text (already sampled by :func:`user_text`).
+
+    An agent loop resends the same task turn with every tool result, so the signals are
+    remembered in ``seen`` (by the text's hash, as the token counter does, so no text is kept),
+    the oldest forgotten past 4,096 entries.
 
     Args:
         text: the task's sampled text.
         task_chars: the length of its full text.
+        seen: signals already read, by text; None reads the text afresh.
     """
+    if seen is None:
+        return _read_task(text, task_chars)
+    key = (hash(text), len(text), task_chars)
+    found = seen.get(key)
+    if found is None:
+        found = seen[key] = _read_task(text, task_chars)
+        if len(seen) > _READ_KEPT:
+            del seen[next(iter(seen))]
+    return found
+
+
+def _read_task(text: str, task_chars: int) -> TaskSignals:
     code_lines, data_lines, prose = _split_lines(text)
     ask = _instruction(prose)
     asked = view(ask)
