@@ -3,6 +3,7 @@ pass-through (bench/passthrough.py) and through the proxy, in alternating rounds
 
     .venv/bin/python bench/run.py [--rounds 5] [--requests 1000] [--seconds 3] [--json]
     .venv/bin/python bench/run.py --targets direct,proxy,proxy:2 --no-pin   # worker scaling
+    .venv/bin/python bench/run.py --targets passthrough,proxy@main,proxy    # A/B against main
 
 Method (issue 14): where ``taskset`` exists, the server under test (pass-through or proxy) is
 pinned alone to one core and the fake upstream and this load generator to the other, so the
@@ -32,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -134,6 +136,26 @@ def server(name: str, args: list[str], log: Path, url: Callable[[str], str | Non
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def exported(rev: str, into: Path) -> Path:
+    """The tree of git revision ``rev`` of this repository, written under ``into``."""
+    tree = into / f"rev-{rev.replace('/', '-').replace('~', '-')}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def proxy_command(python: str, tree: Path | None) -> tuple[list[str], dict[str, str]]:
+    """The command running ``router`` from this checkout, or from an exported ``tree``: then
+    without site (-S), so the checkout's editable install does not shadow it, and with the
+    venv's packages on PYTHONPATH instead."""
+    if tree is None:
+        return [str(Path(python).with_name("router"))], {}
+    packages = sysconfig.get_paths()["purelib"]
+    return [python, "-S", "-m", "router"], {"PYTHONPATH": f"{tree}{os.pathsep}{packages}"}
 
 
 def listening(text: str) -> str | None:
@@ -302,7 +324,8 @@ def main() -> None:
                         help="length of each throughput run (JSON, then streamed)")
     parser.add_argument("--targets", default="direct,passthrough,proxy",
                         help="comma-separated: direct, passthrough (aiohttp), passthrough-asgi "
-                        "(uvicorn), proxy, proxy:N (N workers)")
+                        "(uvicorn), proxy, proxy:N (N workers), proxy@REV (a git revision of "
+                        "this repository, with its own router.yaml), proxy:N@REV")
     parser.add_argument("--config", default=str(ROOT / "router.yaml"), help="the proxy's config")
     parser.add_argument("--log-level", default="info", help="the proxy's log level")
     parser.add_argument("--server-cpus", default="0",
@@ -333,14 +356,19 @@ def main() -> None:
                     [python, str(ROOT / "bench" / "passthrough.py"), "--upstream", fake.url,
                      *flags], server_cpus), work / f"{name}.log", listening))
                 continue
-            workers = name.partition(":")[2] or "1"
+            kind, _, rev = name.partition("@")
+            workers = kind.partition(":")[2] or "1"
+            tree = exported(rev, work) if rev else None
+            command, env = proxy_command(python, tree)
+            config = str(tree / "router.yaml") if tree else args.config
             port = free_port()
-            state_dir = work / f"state-{name.replace(':', '-')}"
+            state_dir = work / f"state-{len(servers)}"
             servers[name] = stack.enter_context(server(name, pinned(
-                [str(Path(python).with_name("router")), "serve", "--config", args.config,
-                 "--port", str(port), "--workers", workers, "--log-level", args.log_level],
-                server_cpus), work / f"{name}.log", lambda _, p=port: f"http://127.0.0.1:{p}",
-                env={"ROUTER_UPSTREAM_URL": fake.url, "ROUTER_STATE_DIR": str(state_dir)}))
+                [*command, "serve", "--config", config, "--port", str(port),
+                 "--workers", workers, "--log-level", args.log_level],
+                server_cpus), work / f"server-{len(servers)}.log",
+                lambda _, p=port: f"http://127.0.0.1:{p}",
+                env={**env, "ROUTER_UPSTREAM_URL": fake.url, "ROUTER_STATE_DIR": str(state_dir)}))
         try:
             import uvloop
 
