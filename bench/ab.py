@@ -1,14 +1,15 @@
 """CPU per request of two versions of the proxy, measured at the same moments: an A/B for a
 change on a machine too busy for back-to-back runs to compare.
 
-    .venv/bin/python bench/ab.py [--baseline main] [--rounds 8] [--seconds 3] [--stream]
+    .venv/bin/python bench/ab.py [--baseline main] [--candidate REV] [--rounds 8] [--seconds 3]
+        [--stream]
 
-Both proxies (the ``--baseline`` git revision and this working tree, each with its own
-router.yaml) are pinned to the same core, the fake upstream and this load generator to the
-other; each round, 64 connections send JSON requests, every other connection to each proxy, so
-whatever else the machine runs slows both alike. Reports each round's CPU milliseconds per
-request (utime+stime from /proc over the requests served) and the median ratio B/A with its
-spread. A script, not a test.
+Both proxies (the ``--baseline`` git revision and ``--candidate``, by default this working
+tree, each with its own router.yaml) are pinned to the same core, the fake upstream and this
+load generator to the other; each round, 64 connections send JSON requests, every other
+connection to each proxy, so whatever else the machine runs slows both alike. Reports each
+round's CPU milliseconds per request (utime+stime from /proc over the requests served) and the
+median ratio B/A with its spread. A script, not a test.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ async def round_of(targets: list[Server], body: bytes, seconds: float) -> list[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", default="main", help="git revision of A")
+    parser.add_argument("--candidate", help="git revision of B (default: the working tree)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--stream", action="store_true", help="streamed requests")
@@ -78,7 +80,9 @@ def main() -> None:
         fake = stack.enter_context(server("direct", pinned(
             [python, "-m", "router.fake"], "1"), work / "fake.log", listening))
         targets = []
-        for i, tree in enumerate((exported(args.baseline, work), None)):
+        trees = (exported(args.baseline, work),
+                 exported(args.candidate, work) if args.candidate else None)
+        for i, tree in enumerate(trees):
             command, env = proxy_command(python, tree)
             config = str((tree or Path(__file__).resolve().parent.parent) / "router.yaml")
             port = free_port()
@@ -100,7 +104,7 @@ def main() -> None:
             print(f"round {r + 1}: A {a:.3f} ms, B {b:.3f} ms, B/A {b / a:.3f}", flush=True)
     print(f"B/A CPU per request: median {statistics.median(ratios):.3f} "
           f"[{min(ratios):.3f}–{max(ratios):.3f}] over {args.rounds} rounds "
-          f"(A = {args.baseline}, B = working tree)")
+          f"(A = {args.baseline}, B = {args.candidate or 'the working tree'})")
 
 
 if __name__ == "__main__":
