@@ -91,7 +91,7 @@ def main() -> None:
                                      "--log-level", args.log_level], "0"),
                 work / f"proxy{i}.log", lambda _, p=port: f"http://127.0.0.1:{p}",
                 env={**env, "ROUTER_UPSTREAM_URL": fake.url,
-                     "ROUTER_STATE_DIR": str(work / f"state{i}")})))
+                     "ROUTER_STATE_DIR": str(work / f"state{i}")}, cwd=tree)))
         with contextlib.suppress(ImportError):
             import uvloop
 

@@ -111,12 +111,13 @@ def answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def server(name: str, args: list[str], log: Path, url: Callable[[str], str | None],
-           env: dict[str, str] | None = None) -> Iterator[Server]:
+           env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Server]:
     """Run ``args`` (output to ``log``) until the block ends; ready once ``url(log text)``
     gives a base URL whose ``/healthz`` (or, for the fake and pass-through, any path) answers."""
     with log.open("ab") as out:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                   cwd=cwd)
     try:
         deadline = time.monotonic() + 60
         base = None
@@ -151,7 +152,8 @@ def exported(rev: str, into: Path) -> Path:
 def proxy_command(python: str, tree: Path | None) -> tuple[list[str], dict[str, str]]:
     """The command running ``router`` from this checkout, or from an exported ``tree``: then
     without site (-S), so the checkout's editable install does not shadow it, and with the
-    venv's packages on PYTHONPATH instead."""
+    venv's packages on PYTHONPATH instead (run it in ``tree``: ``-m`` puts the working
+    directory first on the path)."""
     if tree is None:
         return [str(Path(python).with_name("router"))], {}
     packages = sysconfig.get_paths()["purelib"]
@@ -368,7 +370,8 @@ def main() -> None:
                  "--workers", workers, "--log-level", args.log_level],
                 server_cpus), work / f"server-{len(servers)}.log",
                 lambda _, p=port: f"http://127.0.0.1:{p}",
-                env={**env, "ROUTER_UPSTREAM_URL": fake.url, "ROUTER_STATE_DIR": str(state_dir)}))
+                env={**env, "ROUTER_UPSTREAM_URL": fake.url, "ROUTER_STATE_DIR": str(state_dir)},
+                cwd=tree))
         try:
             import uvloop
 
