@@ -63,6 +63,8 @@ class Server:
     name: str
     url: str
     process: subprocess.Popen[bytes]
+    sent: int = 0
+    """Requests this bench completed against it (any status)."""
 
     def pids(self) -> list[int]:
         """The process and all its descendants (uvicorn's workers)."""
@@ -93,6 +95,14 @@ class Server:
                     if line.startswith("VmHWM:"):
                         out.append(int(line.split()[1]) / 1024)
         return out
+
+
+def counted_requests(url: str) -> float:
+    """The sum of ``router_requests_total`` on a proxy's /metrics (all workers)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("router_requests_total{"))
 
 
 def pinned(args: list[str], cpus: str | None) -> list[str]:
@@ -184,24 +194,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def latencies(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+async def latencies(session: aiohttp.ClientSession, target: Server, n: int) -> list[float]:
     """Seconds per JSON request, one at a time."""
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        async with session.post(url + "/v1/messages", data=BODY, headers=HEADERS) as r:
+        async with session.post(target.url + "/v1/messages", data=BODY, headers=HEADERS) as r:
             await r.read()
+            target.sent += 1
             assert r.status == 200, r.status
         out.append(time.perf_counter() - t)
     return out
 
 
-async def first_event_times(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+async def first_event_times(session: aiohttp.ClientSession, target: Server, n: int
+                            ) -> list[float]:
     """Seconds from sending a streamed request to its first complete SSE event."""
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        async with session.post(url + "/v1/messages", data=STREAM_BODY, headers=HEADERS) as r:
+        async with session.post(target.url + "/v1/messages", data=STREAM_BODY,
+                                headers=HEADERS) as r:
+            target.sent += 1
             assert r.status == 200, r.status
             buffer = b""
             while b"\n\n" not in buffer:
@@ -226,6 +240,7 @@ async def throughput(target: Server, body: bytes, seconds: float) -> tuple[float
                 async with session.post(target.url + "/v1/messages", data=body,
                                         headers=HEADERS) as r:
                     await r.read()
+                    target.sent += 1
                     if count:
                         done += r.status == 200
                         failed += r.status != 200
@@ -242,9 +257,9 @@ async def throughput(target: Server, body: bytes, seconds: float) -> tuple[float
 async def measure(target: Server, n: int, seconds: float) -> dict[str, float]:
     """One round's figures for one target."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        await latencies(session, target.url, 50)  # warm the connection and caches
-        lat = await latencies(session, target.url, n)
-        ttfe = await first_event_times(session, target.url, max(n // 2, 1))
+        await latencies(session, target, 50)  # warm the connection and caches
+        lat = await latencies(session, target, n)
+        ttfe = await first_event_times(session, target, max(n // 2, 1))
     rps, cpu_ms, failed = await throughput(target, BODY, seconds)
     rps_stream, cpu_stream_ms, failed_stream = await throughput(target, STREAM_BODY, seconds)
     return {
@@ -388,6 +403,16 @@ def main() -> None:
                 f"{n} {result[n]['rps']:.0f} req/s {result[n]['cpu_ms']:.3f} ms CPU"
                 for n in names), file=sys.stderr)
         rss = {name: s.peak_rss_mib() for name, s in servers.items()}
+        # Every request the bench completed must be in the proxy's metrics, whichever worker
+        # served it (scraped twice: a worker may not have written its last count yet).
+        metrics = {}
+        for name, s in servers.items():
+            if name.startswith("proxy"):
+                counted = counted_requests(s.url)
+                if counted != s.sent:
+                    time.sleep(1)
+                    counted = counted_requests(s.url)
+                metrics[name] = f"{counted:.0f} of {s.sent}"
     summary = summarise(rounds, names)
     about = {
         "date": time.strftime("%Y-%m-%d"),
@@ -398,6 +423,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "rounds": args.rounds,
         "failed_requests": sum(r[n]["failed"] for r in rounds for n in names),
+        "metrics_counted": metrics,
     }
     if args.json:
         print(json.dumps({"about": about, "summary": summary, "rounds": rounds,
@@ -407,7 +433,8 @@ def main() -> None:
     print(f"\n{about['date']}, {about['machine']}, Python {about['python']}, {about['pinned']}, "
           f"{args.rounds} rounds (median [min–max] of per-round differences to direct), "
           f"load average at end {about['load_average'][0]:.1f}, "
-          f"{about['failed_requests']} failed requests.")
+          f"{about['failed_requests']} failed requests; requests in router_requests_total: "
+          + ", ".join(f"{n} {c}" for n, c in metrics.items()) + ".")
 
 
 if __name__ == "__main__":
