@@ -130,12 +130,16 @@ def load_encoding(path: str | os.PathLike[str]) -> Any:
         base64.b64decode(token): int(rank)
         for token, rank in (line.split() for line in data.splitlines() if line)
     }
-    return tiktoken.Encoding(
+    encoding = tiktoken.Encoding(
         name=spec.name,
         pat_str=spec.pat_str,
         mergeable_ranks=ranks,
         special_tokens=dict(spec.special_tokens),
     )
+    # The Rust core has its own copy of the ranks; Encoding keeps the Python dict (~15 MiB of a
+    # worker's memory) only to be pickled, which the router never does.
+    encoding._mergeable_ranks = {}
+    return encoding
 
 
 def packaged_encoding_path() -> Path | None:
