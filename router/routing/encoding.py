@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import math
 import os
@@ -126,10 +127,13 @@ def load_encoding(path: str | os.PathLike[str]) -> Any:
             f"{path}: sha256 {digest} matches no known encoding "
             f"({', '.join(s.name for s in KNOWN_ENCODINGS.values())}); refusing to use it"
         )
+    # Line by line from a stream, not a list of 100k lines: the worker's peak memory is set
+    # here, while the ranks exist twice (here and in tiktoken's Rust core).
     ranks = {
         base64.b64decode(token): int(rank)
-        for token, rank in (line.split() for line in data.splitlines() if line)
+        for token, rank in (line.split() for line in io.BytesIO(data) if line.strip())
     }
+    del data
     encoding = tiktoken.Encoding(
         name=spec.name,
         pat_str=spec.pat_str,
