@@ -159,13 +159,14 @@ def exported(rev: str, into: Path) -> Path:
     return tree
 
 
-def proxy_command(python: str, tree: Path | None) -> tuple[list[str], dict[str, str]]:
+def proxy_command(python: str, tree: Path | None, router: str | None = None
+                  ) -> tuple[list[str], dict[str, str]]:
     """The command running ``router`` from this checkout, or from an exported ``tree``: then
     without site (-S), so the checkout's editable install does not shadow it, and with the
     venv's packages on PYTHONPATH instead (run it in ``tree``: ``-m`` puts the working
     directory first on the path)."""
     if tree is None:
-        return [str(Path(python).with_name("router"))], {}
+        return [router or str(Path(python).with_name("router"))], {}
     packages = sysconfig.get_paths()["purelib"]
     return [python, "-S", "-m", "router"], {"PYTHONPATH": f"{tree}{os.pathsep}{packages}"}
 
@@ -345,6 +346,8 @@ def main() -> None:
                         "this repository, with its own router.yaml), proxy:N@REV")
     parser.add_argument("--config", default=str(ROOT / "router.yaml"), help="the proxy's config")
     parser.add_argument("--log-level", default="info", help="the proxy's log level")
+    parser.add_argument("--router", help="the `router` command of another install (a server's "
+                        "install, without the test tools) for the proxy targets")
     parser.add_argument("--server-cpus", default="0",
                         help="cores for the pass-through and proxy (taskset -c)")
     parser.add_argument("--load-cpus", default="1",
@@ -376,7 +379,7 @@ def main() -> None:
             kind, _, rev = name.partition("@")
             workers = kind.partition(":")[2] or "1"
             tree = exported(rev, work) if rev else None
-            command, env = proxy_command(python, tree)
+            command, env = proxy_command(python, tree, args.router)
             config = str(tree / "router.yaml") if tree else args.config
             port = free_port()
             state_dir = work / f"state-{len(servers)}"
