@@ -354,6 +354,7 @@ def main() -> None:
                         help="cores for the fake upstream and this load generator")
     parser.add_argument("--no-pin", action="store_true", help="let everything share all cores")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--save", metavar="PATH", help="also write the JSON to PATH")
     args = parser.parse_args()
 
     pin = not args.no_pin and shutil.which("taskset") is not None
@@ -428,9 +429,12 @@ def main() -> None:
         "failed_requests": sum(r[n]["failed"] for r in rounds for n in names),
         "metrics_counted": metrics,
     }
+    raw = json.dumps({"about": about, "summary": summary, "rounds": rounds,
+                      "peak_rss_mib": rss}, indent=2)
+    if args.save:
+        Path(args.save).write_text(raw + "\n")
     if args.json:
-        print(json.dumps({"about": about, "summary": summary, "rounds": rounds,
-                          "peak_rss_mib": rss}, indent=2))
+        print(raw)
         return
     print(table(summary, rss))
     print(f"\n{about['date']}, {about['machine']}, Python {about['python']}, {about['pinned']}, "
