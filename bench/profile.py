@@ -49,7 +49,7 @@ def main() -> None:
                     [spy, "record", "--pid", str(proxy.process.pid), "--rate", str(args.rate),
                      "--duration", str(int(args.seconds)), "--output", args.out,
                      "--format", "raw" if args.raw else "flamegraph", "--nonblocking"])
-                rps, cpu_ms, _ = asyncio.run(throughput(proxy, body, args.seconds + 1))
+                rps, cpu_ms, _, _ = asyncio.run(throughput(proxy, body, args.seconds + 1))
                 recorder.wait()
     print(f"{rps:.0f} req/s, {cpu_ms:.3f} ms CPU per request (under the profiler); "
           f"wrote {args.out}")

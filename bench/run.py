@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -229,8 +230,16 @@ async def first_event_times(session: aiohttp.ClientSession, target: Server, n: i
     return out
 
 
-async def throughput(target: Server, body: bytes, seconds: float) -> tuple[float, float, int]:
-    """Requests per second at 64 connections, the server's CPU ms per request, and failures."""
+def own_cpu_seconds() -> float:
+    """utime + stime of this process (the load generator) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def throughput(target: Server, body: bytes, seconds: float
+                     ) -> tuple[float, float, int, float]:
+    """Requests per second at 64 connections, the server's CPU ms per request, failures, and
+    the load generator's own CPU ms per request."""
     done = failed = 0
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -249,10 +258,11 @@ async def throughput(target: Server, body: bytes, seconds: float) -> tuple[float
         # A short unmeasured burst opens the 64 connections first.
         await asyncio.gather(*(worker(time.perf_counter() + 0.3, False)
                                for _ in range(CONNECTIONS)))
-        cpu0, t0 = target.cpu_seconds(), time.perf_counter()
+        cpu0, own0, t0 = target.cpu_seconds(), own_cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(worker(t0 + seconds, True) for _ in range(CONNECTIONS)))
         elapsed, cpu = time.perf_counter() - t0, target.cpu_seconds() - cpu0
-    return done / elapsed, cpu / max(done, 1) * 1000, failed
+        own = own_cpu_seconds() - own0
+    return done / elapsed, cpu / max(done, 1) * 1000, failed, own / max(done, 1) * 1000
 
 
 async def measure(target: Server, n: int, seconds: float) -> dict[str, float]:
@@ -261,8 +271,8 @@ async def measure(target: Server, n: int, seconds: float) -> dict[str, float]:
         await latencies(session, target, 50)  # warm the connection and caches
         lat = await latencies(session, target, n)
         ttfe = await first_event_times(session, target, max(n // 2, 1))
-    rps, cpu_ms, failed = await throughput(target, BODY, seconds)
-    rps_stream, cpu_stream_ms, failed_stream = await throughput(target, STREAM_BODY, seconds)
+    rps, cpu_ms, failed, load_ms = await throughput(target, BODY, seconds)
+    rps_stream, cpu_stream_ms, failed_stream, _ = await throughput(target, STREAM_BODY, seconds)
     return {
         "p50_ms": percentile(lat, 0.5) * 1000,
         "p99_ms": percentile(lat, 0.99) * 1000,
@@ -272,6 +282,7 @@ async def measure(target: Server, n: int, seconds: float) -> dict[str, float]:
         "rps_stream": rps_stream,
         "cpu_ms": cpu_ms,
         "cpu_stream_ms": cpu_stream_ms,
+        "load_generator_cpu_ms": load_ms,
         "failed": failed + failed_stream,
     }
 
@@ -297,6 +308,24 @@ def summarise(rounds: list[dict[str, dict[str, float]]], names: list[str]) -> di
             row["share_" + key] = spread([p[key] / d[key] for p, d in pairs])
         out[name] = row
     return out
+
+
+def scaling(rounds: list[dict[str, dict[str, float]]], name: str, workers: int) -> str:
+    """How ``name`` (``workers`` workers) compares with one worker, and the most this machine
+    allows: the proxy, the fake upstream and the load generator share its cores, so N workers
+    can serve at most cores / (proxy + fake + load CPU per request) requests a second."""
+    ratio = spread([r[name]["rps"] / r["proxy"]["rps"] for r in rounds])
+    cores = os.cpu_count() or 1
+    ceilings = []
+    for r in rounds:
+        proxy, fake = r["proxy"]["cpu_ms"], r["direct"]["cpu_ms"]
+        total = proxy + fake + r["proxy"]["load_generator_cpu_ms"]
+        ceilings.append(min(workers, cores * proxy / total))
+    ceiling = spread(ceilings)
+    return (f"\n{name} vs one worker: {ratio['median']:.2f}× the throughput "
+            f"[{ratio['min']:.2f}–{ratio['max']:.2f}]; the CPU this machine has allows at most "
+            f"{ceiling['median']:.2f}× [{ceiling['min']:.2f}–{ceiling['max']:.2f}] (its {cores} "
+            "cores also run the fake upstream and the load generator).")
 
 
 def table(summary: dict[str, Any], rss: dict[str, list[float]]) -> str:
@@ -437,6 +466,10 @@ def main() -> None:
         print(raw)
         return
     print(table(summary, rss))
+    for name in names:
+        workers = int(name.partition("@")[0].partition(":")[2] or 1)
+        if workers > 1 and "proxy" in names:
+            print(scaling(rounds, name, workers))
     print(f"\n{about['date']}, {about['machine']}, Python {about['python']}, {about['pinned']}, "
           f"{args.rounds} rounds (median [min–max] of per-round differences to direct), "
           f"load average at end {about['load_average'][0]:.1f}, "
