@@ -34,7 +34,9 @@ _HOP_BY_HOP = frozenset(
 )
 _NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
 # aiohttp decompresses, and the server frames the body itself.
-_NOT_RELAYED = _HOP_BY_HOP | {"content-length", "content-encoding"}
+_NOT_RELAYED = frozenset(
+    name.encode("latin-1") for name in _HOP_BY_HOP | {"content-length", "content-encoding"})
+"""As bytes: the answer's raw header names are checked against it, every request."""
 
 
 def _translated(exc: BaseException, message: str) -> UpstreamTimeout | UpstreamUnavailable:
@@ -91,7 +93,7 @@ class UpstreamResponse:
         out: list[tuple[bytes, bytes]] = []
         for name, value in self._response.raw_headers:
             lname = name.lower()
-            if lname in replaced or lname.decode("latin-1") in _NOT_RELAYED:
+            if lname in replaced or lname in _NOT_RELAYED:
                 continue
             if stream and lname == b"cache-control":
                 continue
@@ -157,10 +159,10 @@ class Upstream:
     def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
         """Return the client's headers to send upstream: all but hop-by-hop ones, as sent."""
         pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-        dropped = set(_NOT_FORWARDED)
+        dropped = _NOT_FORWARDED
         for name, value in pairs:
             if name.lower() == "connection":
-                dropped.update(token.strip().lower() for token in value.split(","))
+                dropped = dropped | {token.strip().lower() for token in value.split(",")}
         out: CIMultiDict[str] = CIMultiDict(
             (name, value) for name, value in pairs if name.lower() not in dropped
         )
