@@ -66,7 +66,8 @@ async def round_of(targets: list[Server], body: bytes, seconds: float) -> list[f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--baseline", default="main", help="git revision of A")
+    parser.add_argument("--baseline", default="main", help="git revision of A, or "
+                        "`passthrough` / `passthrough-asgi` (bench/passthrough.py, calibration)")
     parser.add_argument("--candidate", help="git revision of B (default: the working tree)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3)
@@ -80,8 +81,14 @@ def main() -> None:
         fake = stack.enter_context(server("direct", pinned(
             [python, "-m", "router.fake"], "1"), work / "fake.log", listening))
         targets = []
-        trees = (exported(args.baseline, work),
-                 exported(args.candidate, work) if args.candidate else None)
+        calibration = args.baseline.startswith("passthrough")
+        if calibration:
+            flags = ["--asgi"] if args.baseline == "passthrough-asgi" else []
+            targets.append(stack.enter_context(server(args.baseline, pinned(
+                [python, str(Path(__file__).with_name("passthrough.py")), "--upstream",
+                 fake.url, *flags], "0"), work / "passthrough.log", listening)))
+        trees = ([] if calibration else [exported(args.baseline, work)]) + [
+            exported(args.candidate, work) if args.candidate else None]
         for i, tree in enumerate(trees):
             command, env = proxy_command(python, tree)
             config = str((tree or Path(__file__).resolve().parent.parent) / "router.yaml")
