@@ -32,9 +32,9 @@ from run import (
     STREAM_BODY,
     Server,
     exported,
-    free_port,
     listening,
     pinned,
+    procs,
     proxy_command,
     server,
 )
@@ -92,7 +92,7 @@ def main() -> None:
         for i, tree in enumerate(trees):
             command, env = proxy_command(python, tree)
             config = str((tree or Path(__file__).resolve().parent.parent) / "router.yaml")
-            port = free_port()
+            port = procs.free_port()
             targets.append(stack.enter_context(server(
                 f"proxy{i}", pinned([*command, "serve", "--config", config, "--port", str(port),
                                      "--log-level", args.log_level], "0"),

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run import BODY, ROOT, STREAM_BODY, free_port, listening, pinned, server, throughput
+from run import BODY, ROOT, STREAM_BODY, listening, pinned, procs, server, throughput
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         work = Path(tmp)
         with server("direct", pinned([python, "-m", "router.fake"], "1"), work / "fake.log",
                     listening) as fake:
-            port = free_port()
+            port = procs.free_port()
             with server("proxy", pinned([str(Path(python).with_name("router")), "serve",
                                          "--config", args.config, "--port", str(port)], "0"),
                         work / "proxy.log", lambda _: f"http://127.0.0.1:{port}",

@@ -46,6 +46,10 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import procs  # noqa: E402
+
 BODY = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "Say hello in five words."}]}).encode()
 STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
@@ -111,43 +115,21 @@ def pinned(args: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *args] if cpus and shutil.which("taskset") else args
 
 
-def answers(url: str) -> bool:
-    """Whether ``url`` answers 200 now."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def server(name: str, args: list[str], log: Path, url: Callable[[str], str | None],
            env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Server]:
-    """Run ``args`` (output to ``log``) until the block ends; ready once ``url(log text)``
-    gives a base URL whose ``/healthz`` (or, for the fake and pass-through, any path) answers."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                   cwd=cwd)
-    try:
-        deadline = time.monotonic() + 60
-        base = None
-        while time.monotonic() < deadline and process.poll() is None:
-            base = base or url(log.read_text(errors="replace"))
-            if base and (not name.startswith("proxy") or answers(base + "/readyz")):
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')[-2000:]}")
+    """Run ``args`` (output to ``log``) until the block ends, through tests/procs.py; ready
+    once ``url(its output)`` gives a base URL, and for a proxy once its ``/readyz`` answers."""
+
+    def ready(running: procs.Running) -> bool:
+        base = url(running.output())
+        return base is not None and (not name.startswith("proxy")
+                                     or procs.http_ok(base + "/readyz"))
+
+    with procs.started(args, ready=ready, log=log, env=env, cwd=cwd, timeout=60) as running:
+        base = url(running.output())
         assert base is not None
-        yield Server(name, base, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        yield Server(name, base, running.process)
 
 
 def exported(rev: str, into: Path) -> Path:
@@ -178,15 +160,6 @@ def listening(text: str) -> str | None:
         if "listening on " in line:
             return line.split("listening on ", 1)[1].strip()
     return None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- load
@@ -411,7 +384,7 @@ def main() -> None:
             tree = exported(rev, work) if rev else None
             command, env = proxy_command(python, tree, args.router)
             config = str(tree / "router.yaml") if tree else args.config
-            port = free_port()
+            port = procs.free_port()
             state_dir = work / f"state-{len(servers)}"
             servers[name] = stack.enter_context(server(name, pinned(
                 [*command, "serve", "--config", config, "--port", str(port),
