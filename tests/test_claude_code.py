@@ -211,8 +211,10 @@ def test_model_discovery_through_proxy(claude: Claude, fake: FakeUpstream, proxy
     assert message.path == "/v1/messages"
 
 
-def test_tool_loop_runs_a_real_tool(claude: Claude, fake: FakeUpstream, proxy_url: str,
-                                    home: Path) -> None:
+def read_the_note(claude: Claude, fake: FakeUpstream, url: str, home: Path, *args: str,
+                  env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a two-turn tool loop: the fake calls Read on a note, Claude Code reads it for real
+    and sends the result, the fake answers; return Claude Code's JSON result."""
     note = home / "work" / "note.txt"
     note.write_text("the marker is 7f3a9c\n")
     fake.script(
@@ -220,9 +222,13 @@ def test_tool_loop_runs_a_real_tool(claude: Claude, fake: FakeUpstream, proxy_ur
               tool_use={"name": "Read", "input": {"file_path": str(note)}}),
         Reply(text="The marker is 7f3a9c."),
     )
-    run = claude(proxy_url, "-p", "What does note.txt say?", "--output-format", "json",
-                 "--allowedTools", "Read")
-    result = run.result()
+    return claude(url, "-p", "What does note.txt say?", "--output-format", "json",
+                  "--allowedTools", "Read", *args, env=env).result()
+
+
+def test_tool_loop_runs_a_real_tool(claude: Claude, fake: FakeUpstream, proxy_url: str,
+                                    home: Path) -> None:
+    result = read_the_note(claude, fake, proxy_url, home)
     assert result["result"] == "The marker is 7f3a9c."
     assert result["num_turns"] == 2
     first, second = messages_requests(fake)
@@ -374,16 +380,7 @@ def routing_proxy(fake: FakeUpstream, start_proxy: Callable[..., str]) -> str:
 def test_a_routed_tool_loop_stays_on_one_model_with_its_cache_warm(
         claude: Claude, fake: FakeUpstream, routing_proxy: str, home: Path, model: str,
         thinking: str) -> None:
-    note = home / "work" / "note.txt"
-    note.write_text("the marker is 7f3a9c\n")
-    fake.script(
-        Reply(text="", thinking="I should read the note.",
-              tool_use={"name": "Read", "input": {"file_path": str(note)}}),
-        Reply(text="The marker is 7f3a9c."),
-    )
-    run = claude(routing_proxy, "-p", "What does note.txt say?", "--output-format", "json",
-                 "--allowedTools", "Read", "--model", model, env=HINTS)
-    result = run.result()
+    result = read_the_note(claude, fake, routing_proxy, home, "--model", model, env=HINTS)
     assert result["result"] == "The marker is 7f3a9c."
     first, second = messages_requests(fake)
     assert first.json()["thinking"]["type"] == thinking or "thinking" not in first.json()
