@@ -110,7 +110,7 @@ def decide(
     if winner is not None and winner.pin:
         decision = Decision(requested, policy.tier_of(requested), winner.name,
                             "pinned to the requested model", traced)
-        return _continued(decision, conversation, keep=True)
+        return _continued(decision, conversation)
 
     decision = _ruled(features, policy, winner, bounds, requested, needs, traced)
     if conversation is not None:
@@ -370,14 +370,14 @@ def _staying(ruled: Decision, policy: Policy, model: str, action: str, why: str,
 
 
 def _continued(decision: Decision, conversation: Conversation | None, *, action: str = "turn",
-               note: str = "", keep: bool = False) -> Decision:
+               note: str = "") -> Decision:
     """``decision`` for a conversation: strip the thinking other models signed."""
     if conversation is None:
         return decision
     strip = conversation.foreign(decision.model)
     reason = f"{decision.reason}; {note}" if note else decision.reason
     signed = bool(conversation.history.signatures) and not strip
-    return _replace(decision, reason=reason, action=action if not keep else "stay", strip=strip,
+    return _replace(decision, reason=reason, action=action, strip=strip,
                     fallbacks=() if signed else decision.fallbacks)
 
 
