@@ -621,7 +621,10 @@ def test_duplicate_keys_and_odd_encodings(fake: FakeUpstream, pool: Pool, reques
         request["messages"].append({"role": "user", "content": f'"model": "{request["model"]}"'})
     text = encode_json(request, random.Random(seed), decoys, escape)
     body = text.encode("utf-8", "surrogatepass")
-    sent = Sent("POST", "/v1/messages", body, headers_for())
+    # Each example is a conversation of its own: two examples with the same opening would
+    # otherwise be one conversation, and the second routed by what the first left behind.
+    session = {"x-claude-code-session-id": f"fuzz-{seed}-{escape}-{nested_model}"}
+    sent = Sent("POST", "/v1/messages", body, headers_for(session))
     before = len(fake.received)
     answer = exchange(pool, fake, sent)
     if answer is None or answer.status >= 500 or len(fake.received) == before:
