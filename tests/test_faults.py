@@ -177,6 +177,26 @@ def test_pinned_requests_do_not_fall_back(fake: FakeUpstream, start_proxy: Any) 
     assert models_received(fake) == ["claude-opus-4-7"] * 3
 
 
+def test_a_hung_model_with_nowhere_to_fall_back_is_waited_on_twice_not_six_times(
+        fake: FakeUpstream, start_proxy: Any) -> None:
+    """A pinned request whose model hangs: the proxy waits a second time itself, then tells
+    the SDK not to retry, so the client hears within two waits instead of the SDK's three
+    attempts of two waits each."""
+    url = start_proxy(policy=tuned(fake.url, PINNED, first_event=0.3))
+    fake.script(*[Stall(5)] * 6)
+    started = time.monotonic()
+    status, headers, data = post(url, body("claude-opus-4-7"), {"x-app": "batch"})
+    assert time.monotonic() - started < 1.5
+    assert status == 504 and json.loads(data)["error"]["type"] == "timeout_error"
+    assert headers["x-should-retry"] == "false"
+    assert models_received(fake) == ["claude-opus-4-7"] * 2
+    fake.clear()
+    fake.script(Stall(5))  # hung once only: the second wait answers
+    status, _, _ = post(url, body("claude-opus-4-7"), {"x-app": "batch"})
+    assert status == 200
+    assert models_received(fake) == ["claude-opus-4-7"] * 2
+
+
 def test_thinking_conversations_do_not_fall_back(fake: FakeUpstream, start_proxy: Any) -> None:
     url = start_proxy(policy=tuned(fake.url))
     # Inside a tool loop whose thinking Sonnet signed, another model would refuse the history.

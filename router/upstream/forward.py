@@ -281,6 +281,13 @@ async def forward(
         # Every circuit of the chain is open: the upstream may still serve it. One attempt.
         tried = primary
         answer = await run.try_model(primary, 1, probe=False)
+    if answer is None and run.attempts == 1 and not run.stopped and run.last is not None \
+            and isinstance(run.last.error, UpstreamTimeout):
+        # One model, hung once, nowhere to fall back (pinned, bound by thinking, or the others'
+        # circuits open): one more wait here, then the client is told not to retry. Left to the
+        # SDK, its two retries would each wait as long again, and a hung request would outlast
+        # any deadline a client can live with.
+        answer = await run.try_model(tried, 1, probe=False)
     if answer is not None:
         if run.last is not None and run.last.response is not None:
             run.last.response.finish(reuse=False)
