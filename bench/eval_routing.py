@@ -27,6 +27,12 @@ Metrics follow the set's README: agreement, confusion matrix, under-/over-routin
 under-routing (haiku for an opus label), and cost relative to always-Opus, request-weighted and
 token-weighted (tokens = characters of system, tools and messages / 4), beside the same costs
 when routing exactly by the labels.
+
+``--simulate CANDIDATE.yaml`` prints instead what ``router simulate`` prints for the set: each
+row becomes a ledger record of its request routed by ``--config`` (the shipped model's scores,
+as a first turn), used as many input tokens as the router estimates on the model chosen, and no
+output (the set has no answers), priced by the config; then the candidate replays the records
+with the same engine and repricing (``router.accounting.simulate``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,10 +52,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import fit_scorer as fit  # noqa: E402
+from router.accounting.cost import PriceTable, Tokens  # noqa: E402
+from router.accounting.ledger import Entry  # noqa: E402
+from router.accounting.simulate import render, simulate  # noqa: E402
 from router.config_file import default_config_text  # noqa: E402
 from router.routing.classify import judge  # noqa: E402
 from router.routing.decide import decide  # noqa: E402
-from router.routing.rules import Policy, parse_policy  # noqa: E402
+from router.routing.rules import Policy, load_policy, parse_policy  # noqa: E402
 from router.routing.scorer import Scorer, default_scorer  # noqa: E402
 
 TIERS = fit.TIERS
@@ -120,6 +130,28 @@ def print_report(title: str, figures: Mapping[str, Any], *, misses: bool) -> Non
                   f"{miss['id']}")
 
 
+def as_ledger(rows: Sequence[fit.Row], policy: Policy) -> list[Entry]:
+    """Each row as the ledger record of its request routed by ``policy`` (module docstring)."""
+    prices = PriceTable(policy.config.pricing)
+    scorer = default_scorer()
+    thresholds = scorer.thresholds(policy.config.complexity)
+    now = time.time()
+    entries = []
+    for row in rows:
+        features = dataclasses.replace(judge(dict(row.values), scorer, policy.config.complexity),
+                                       history_thinking=False)
+        decision = decide(features, policy)
+        usage = Tokens(input=features.input_tokens)
+        cost = prices.cost_of(decision.model, usage)
+        entries.append(Entry(
+            ts=now, request_id=row.id, path="/v1/messages", status=200,
+            requested_model=features.requested_model, rule=decision.rule, tier=decision.tier,
+            model=decision.model, action=decision.action, features=features,
+            thresholds=thresholds, answered_by=decision.model, usage=usage,
+            cost_usd=str(cost) if cost is not None else None))
+    return entries
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluation; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,11 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="router.yaml (default: embedded)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--misses", action="store_true", help="list misrouted requests")
+    parser.add_argument("--simulate", metavar="CANDIDATE", default=None,
+                        help="print router simulate's report of CANDIDATE against --config")
     args = parser.parse_args(argv)
     path = Path(args.path) if args.path else fit.default_set()
     text = Path(args.config).read_text("utf-8") if args.config else default_config_text()
     policy = parse_policy(text, args.config or "<embedded default>")
     rows = fit.load_rows(path)
+    if args.simulate:
+        candidate = load_policy(args.simulate)
+        simulated = simulate(as_ledger(rows, policy), candidate)
+        if args.json:
+            print(json.dumps(simulated.as_dict(), indent=2))
+        else:
+            print(render(simulated, f"{path} routed by {policy.loaded.source}"))
+        return 0
     results: dict[str, Callable[[], list[tuple[str, float]]]] = {
         "cross-validated (5 folds, refitted without the held-out fold)":
             lambda: cross_validated(rows, policy),

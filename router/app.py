@@ -16,6 +16,8 @@ from litestar.handlers import asgi
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from router.accounting.account import Books
+from router.accounting.ledger import Ledger, ledger_path
+from router.accounting.ledger_files import LedgerFiles
 from router.accounting.metrics import Metrics, use_multiprocess
 from router.budgets import Budgets
 from router.config_file import ConfigError
@@ -257,7 +259,12 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
         learner = FactorLearner(priors={t.model: t.token_factor for t in config.tiers.values()})
         if settings.multiprocess_dir:
             use_multiprocess(settings.multiprocess_dir)
-        books = Books(Metrics(settings.multiprocess_dir), learner)
+        metrics = Metrics(settings.multiprocess_dir)
+        books = Books(metrics, learner, ledger=Ledger(
+            metrics, learner, max_pending=config.ledger.max_pending,
+            flush_seconds=config.ledger.flush_seconds,
+            files=LedgerFiles(ledger_path(config), config.ledger) if config.ledger.enabled
+            else None))
         books.configure(policy)
 
         def fell_back(backend: str, error: BaseException) -> None:
@@ -298,9 +305,11 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
                 def counted(ok: bool) -> None:
                     books.metrics.reloads.labels("ok" if ok else "error").inc()
 
-                async with watching(settings.config_path, install,
-                                    config.server.reload_poll_seconds, counted,
-                                    lambda: state.policy.loaded.files, settings.overrides):
+                assert books.ledger is not None
+                # The live config's other files (its keys file, its shadow candidate) reload it.
+                async with books.ledger.running(), watching(
+                        settings.config_path, install, config.server.reload_poll_seconds,
+                        counted, lambda: state.policy.loaded.files, settings.overrides):
                     with steady_gc():
                         yield
         finally:

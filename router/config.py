@@ -384,6 +384,30 @@ class StateConfig(_Section, frozen=True, kw_only=True):
     or SQLite fails); the least recently used go first."""
 
 
+class LedgerConfig(_Section, frozen=True, kw_only=True):
+    """The request ledger: one record per request, for ``router simulate`` and export (see
+    ``docs/simulate.md``). Never prompt or answer text unless ``store_bodies``."""
+
+    enabled: bool = True
+    """Write the ledger (SQLite file ``ledger.db``)."""
+    dir: str | None = None
+    """Directory of ``ledger.db``; unset: the state directory (``state.dir``)."""
+    store_bodies: bool = False
+    """Also keep each request's body (its prompt): for staging only. ``router simulate`` then
+    re-runs the whole classifier, not only the rules."""
+    jsonl_dir: str | None = None
+    """Also append every record to ``ledger-YYYY-MM-DD.jsonl`` (UTC) here, for shipping."""
+    max_age_days: float = 30.0
+    """Records (and JSONL files) older than this are deleted."""
+    max_mb: float = 1024.0
+    """Largest ``ledger.db``; beyond it the oldest records go."""
+    flush_seconds: float = 1.0
+    """Records are written in one batch at most this often, off the request path."""
+    max_pending: int = 100_000
+    """Records held in memory while the disk lags; beyond it the oldest are dropped (and
+    counted in ``router_ledger_records_total{result="dropped"}``)."""
+
+
 class Config(_Section, frozen=True, kw_only=True):
     """The whole of ``router.yaml``."""
 
@@ -404,6 +428,10 @@ class Config(_Section, frozen=True, kw_only=True):
     keys: KeysConfig = KeysConfig()
     teams: dict[str, TeamConfig] = {}
     state: StateConfig = StateConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    shadow: str | None = None
+    """A candidate config (path, relative to this file) whose rules are evaluated beside the
+    live ones on every request, without calling upstream: ``router_shadow_*`` metrics."""
 
     def tier_model(self, tier: Tier) -> str:
         """Return the model id a tier sends to."""

@@ -244,7 +244,10 @@ def semantic_problems(config: Config) -> list[str]:
             problems.append(f"upstream.retry_budget.{key}: must not be negative")
     if config.server.body_timeout <= 0:
         problems.append("server.body_timeout: must be positive")
-    return problems + _state_problems(config.state) + _keys_problems(config)
+    return problems + _state_problems(config.state) + _keys_problems(config) + [
+        f"ledger.{key}: must be positive" for key in
+        ("max_age_days", "max_mb", "flush_seconds", "max_pending")
+        if getattr(config.ledger, key) <= 0]
 
 
 def _state_problems(state: StateConfig) -> list[str]:

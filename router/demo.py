@@ -72,11 +72,14 @@ def sample_files(directory: Path) -> list[Path]:
     return paths
 
 
-def demo_policy(policy: Policy, upstream_url: str) -> Policy:
-    """Return ``policy`` sending to the simulated upstream."""
+def demo_policy(policy: Policy, upstream_url: str, ledger_dir: Path | None = None) -> Policy:
+    """Return ``policy`` sending to the simulated upstream and keeping its ledger in
+    ``ledger_dir`` (the demo's traffic stays out of a real ledger)."""
     config = policy.config
     upstream = msgspec.structs.replace(config.upstream, base_url=upstream_url)
-    return policy.with_config(msgspec.structs.replace(config, upstream=upstream))
+    ledger = config.ledger if ledger_dir is None else msgspec.structs.replace(
+        config.ledger, dir=str(ledger_dir))
+    return policy.with_config(msgspec.structs.replace(config, upstream=upstream, ledger=ledger))
 
 
 async def generate_traffic(url: str, fake: FakeUpstream, rate: float, seed: int = 1) -> None:
@@ -112,10 +115,10 @@ async def _send(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
 
 
 async def serve_demo(policy: Policy, host: str, port: int, rate: float, duration: float,
-                     announce: Any) -> None:
+                     announce: Any, ledger_dir: Path | None = None) -> None:
     """Run the simulated upstream, the proxy and the traffic generator together."""
     with running_fake(default_event_delay=0.01) as fake:
-        app = create_app(Settings(), demo_policy(policy, fake.url))
+        app = create_app(Settings(), demo_policy(policy, fake.url, ledger_dir))
         server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False,
             server_header=False, date_header=False))

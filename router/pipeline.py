@@ -34,7 +34,7 @@ from router.errors import (
     new_request_id,
 )
 from router.parse import Parsed, header_map, parse_count_tokens, parse_messages, require_api_key
-from router.routing.capabilities import needs_of
+from router.routing.capabilities import Needs, needs_of
 from router.routing.classify import classify
 from router.routing.conversations import (
     Conversation,
@@ -110,6 +110,12 @@ class Routed:
     decision: Decision
     conversation: Conversation | None
     """The conversation the request continues, as loaded from the store."""
+    needs: Needs | None = None
+    """What the request asks of a model (the capability check's input)."""
+    unavailable: tuple[str, ...] = ()
+    """Models the decision found unavailable (circuit open): ``router simulate`` replays it."""
+    budget_cap: Tier | None = None
+    """The tier a budget near its limit capped the request at, when it did."""
 
 
 MODELS_WITHIN = 2.5
@@ -169,16 +175,28 @@ def route(
         complexity=config.complexity,
         tasks=tasks,
     )
-    decision = decision_for(features, parsed, policy, conversation, available=available,
-                            explain=explain)
-    return Routed(features, estimate, decision, conversation)
+    needs = needs_of(features, parsed.request.thinking, parsed.headers.get("anthropic-beta", ""))
+    down: list[str] = []
+
+    def checked(model: str) -> bool:
+        up = available(model)
+        if not up:
+            down.append(model)
+        return up
+
+    decision = decision_for(features, parsed, policy, conversation, available=checked,
+                            explain=explain, needs=needs)
+    return Routed(features, estimate, decision, conversation, needs, tuple(down))
 
 
 def decision_for(features: Features, parsed: Parsed, policy: Policy,
                  conversation: Conversation | None, *, available: Available,
-                 explain: bool = False, bound: Rule | None = None) -> Decision:
+                 explain: bool = False, bound: Rule | None = None,
+                 needs: Needs | None = None) -> Decision:
     """Stage 3: the request's model, from its features (within ``bound``, when given)."""
-    needs = needs_of(features, parsed.request.thinking, parsed.headers.get("anthropic-beta", ""))
+    if needs is None:
+        needs = needs_of(features, parsed.request.thinking,
+                         parsed.headers.get("anthropic-beta", ""))
     return decide(features, policy, needs=needs, conversation=conversation,
                   available=available, explain=explain, bound=bound)
 
@@ -221,6 +239,7 @@ async def proxy(
     admitted = False
     identity: Identity | None = None
     ticket: Ticket | None = None
+    kept_body: bytes | None = None
     state.metrics.in_flight.inc()
     try:
         state.gate.enter()
@@ -248,6 +267,8 @@ async def proxy(
             parse = parse_messages if endpoint is Endpoint.MESSAGES else parse_count_tokens
             parsed = parse(body, headers)
             requested = parsed.request.model
+            if policy.config.ledger.store_bodies:
+                kept_body = body
             estimate = await estimate_tokens(state.counter, parsed, state.background)
             conversation = await load_conversation(state.store, parsed)
             routed = route(parsed, estimate, policy, state.learner, conversation,
@@ -331,6 +352,9 @@ async def proxy(
             estimated_tokens=routed.estimate.tokens if routed and routed.estimate.exact
             else None,
             team=state.budgets.team_label(identity),
+            routed=routed,
+            caller=identity.name if identity is not None else None,
+            body=kept_body,
         )
         cost = account(record, state.books)
         if ticket is not None:
@@ -376,7 +400,7 @@ async def _reserved(state: RouterState, policy: Policy, identity: Identity, pars
         return routed, ticket
     metrics.bound(metrics.budget_actions, team, "downgraded").inc()
     capped = dataclasses.replace(capped, rule="budget", reason=f"{capped.reason}; {ticket.note}")
-    return dataclasses.replace(routed, decision=capped), ticket
+    return dataclasses.replace(routed, decision=capped, budget_cap=ticket.cap), ticket
 
 
 async def _settle(state: RouterState, ticket: Ticket, cost: Decimal | None,

@@ -344,7 +344,11 @@ def test_every_panel_and_alert_has_data_on_real_traffic(
         fake: FakeUpstream, start_proxy: Callable[..., str], tmp_path: Path) -> None:
     ensure_prometheus()
     config = tmp_path / "router.yaml"
-    text = e2e_config(fake.url)
+    # A shadow candidate beside the live rules, for the "Shadow policy and ledger" row.
+    (tmp_path / "candidate.yaml").write_text(config_text(fake.url, POLICY.replace(
+        "    when: {requested_tier: opus}\n    tier: sonnet", "    when: {requested_tier: opus}\n"
+        "    tier: haiku")))
+    text = e2e_config(fake.url) + "\nshadow: candidate.yaml\n"
     config.write_text(text)
     proxy = start_proxy(policy=parse_policy(text, str(config)), config_path=str(config))
     with running_prometheus(urlsplit(proxy).netloc, [ALERTS]) as prom:

@@ -59,7 +59,8 @@ def test_every_feature_is_documented() -> None:
 def test_every_command_is_documented() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     commands = re.findall(r"^  (\w+)  ", result.output, re.M)
-    assert set(commands) == {"serve", "check", "explain", "demo", "keys", "schema"}
+    assert set(commands) == {"serve", "check", "explain", "demo", "keys", "schema", "simulate",
+                             "ledger"}
     for command in commands:
         assert f"router {command}" in README
         assert f"router {command}" in doc("operations.md")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.accounting.cost import PriceTable, Tokens, tokens_of
 from router.accounting.metrics import OTHER, Metrics
@@ -18,6 +18,10 @@ from router.routing.decide import Decision
 from router.routing.factor import FactorLearner
 from router.routing.rules import Policy
 from router.upstream.relay import Outcome, usd_text
+
+if TYPE_CHECKING:
+    from router.accounting.ledger import Ledger
+    from router.pipeline import Routed
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,12 @@ class Record:
     """The router's raw (unscaled) input-token estimate, to learn the model's factor from."""
     team: str = OTHER
     """The ``team`` label: the caller's configured team, else ``other``."""
+    routed: Routed | None = None
+    """Stages 2-3's outcome (features, conversation, decision), for the ledger."""
+    caller: str | None = None
+    """A non-reversible hash of the caller's credential (never the key)."""
+    body: bytes | None = None
+    """The request body, only when ``ledger.store_bodies`` asks for it."""
 
 
 @dataclass
@@ -55,6 +65,8 @@ class Books:
     tier_models: dict[str, str] = field(default_factory=dict)
     """Tier name -> model id, to resolve a requested alias."""
     policy: Policy | None = None
+    ledger: Ledger | None = None
+    """The request ledger (and the shadow policy it feeds), when the app runs one."""
 
     def tier_of(self, model: str) -> str:
         """The tier label of a model that answered (a fallback's, say)."""
@@ -70,14 +82,17 @@ class Books:
         self.requested_models = frozenset(models)
         self.tier_models = {name: tier.model for name, tier in config.tiers.items()}
         self.policy = policy
+        shadow = policy.shadow.rules if policy.shadow else ()
         self.metrics.configure(
             models,
-            [r.name for r in policy.rules],
+            [r.name for r in (*policy.rules, *shadow)],
             policy.loaded.sha256,
             policy.loaded.source,
             config.budgets.daily_usd,
             teams={*config.teams, *(key.team for key in config.keys.issued)},
         )
+        if self.ledger is not None:
+            self.ledger.configure(policy)
 
 
 def status_label(record: Record) -> str:
@@ -112,14 +127,15 @@ def account(record: Record, books: Books) -> Decimal | None:
     if outcome is not None:
         _count_resilience(metrics, outcome)
     cost: Decimal | None = None
+    counterfactual: Decimal | None = None
     tokens = Tokens()
     if outcome is not None and decision is not None:
         tokens = tokens_of(outcome.usage)
-        cost = _count_usage(record, books, model, tier, rule, tokens)
+        cost, counterfactual = _count_usage(record, books, model, tier, rule, tokens)
         stream = "true" if outcome.stream else "false"
         metrics.bound(metrics.duration, model, stream).observe(record.seconds)
-        if outcome.first_token_seconds is not None:
-            wait = outcome.sent_at - record.started_at + outcome.first_token_seconds
+        wait = first_token_wait(record, outcome)
+        if wait is not None:
             metrics.bound(metrics.ttft, model, stream).observe(wait)
         if outcome.error_type:
             metrics.bound(metrics.upstream_errors, model, outcome.error_type).inc()
@@ -130,9 +146,19 @@ def account(record: Record, books: Books) -> Decimal | None:
                 tokens.input_side / record.estimated_tokens)
     if outcome is not None and outcome.first_sent_at:
         metrics.overhead.observe(proxy_overhead(record, outcome))
+    if books.ledger is not None:
+        books.ledger.append(record, cost, counterfactual)
     if books.logger.isEnabledFor(logging.INFO):
         books.logger.info(log_fields(record, tokens, cost))
     return cost
+
+
+def first_token_wait(record: Record, outcome: Outcome) -> float | None:
+    """Seconds from the request's arrival to the answer's first content (the whole body when
+    not streamed), or None when no content came."""
+    if outcome.first_token_seconds is None:
+        return None
+    return outcome.sent_at - record.started_at + outcome.first_token_seconds
 
 
 def proxy_overhead(record: Record, outcome: Outcome) -> float:
@@ -159,10 +185,10 @@ def _count_resilience(metrics: Metrics, outcome: Outcome) -> None:
 
 
 def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
-                 tokens: Tokens) -> Decimal | None:
-    """Count tokens, cost and the counterfactual cost of one answer; return its cost."""
+                 tokens: Tokens) -> tuple[Decimal | None, Decimal | None]:
+    """Count tokens, cost and the counterfactual cost of one answer; return both costs."""
     if not tokens.input_side and not tokens.output:
-        return None
+        return None, None
     metrics = books.metrics
     assert record.decision is not None and record.outcome is not None
     for kind, count in (("input", tokens.input), ("output", tokens.output),
@@ -178,16 +204,17 @@ def _count_usage(record: Record, books: Books, model: str, tier: str, rule: str,
         cost = books.prices.cost(answered_by, usage)
     if cost is None:
         metrics.bound(metrics.unpriced, model).inc()
-        return None
+        return None, None
     metrics.bound(metrics.cost, model, tier, rule, record.team).inc(float(cost))
-    if record.requested_model is not None:
-        requested = books.tier_models.get(record.requested_model, record.requested_model)
-        would_be = books.prices.cost(requested, usage)
-        label = requested if requested in books.requested_models else OTHER
-        # With no price for the requested model, claim no savings: count what was spent.
-        metrics.bound(metrics.counterfactual, label).inc(float(would_be if would_be is not None
-                                                       else cost))
-    return cost
+    if record.requested_model is None:
+        return cost, None
+    requested = books.tier_models.get(record.requested_model, record.requested_model)
+    would_be = books.prices.cost(requested, usage)
+    label = requested if requested in books.requested_models else OTHER
+    # With no price for the requested model, claim no savings: count what was spent.
+    counterfactual = would_be if would_be is not None else cost
+    metrics.bound(metrics.counterfactual, label).inc(float(counterfactual))
+    return cost, counterfactual
 
 
 def log_fields(record: Record, tokens: Tokens, cost: Decimal | None) -> dict[str, Any]:

@@ -32,6 +32,11 @@ class Tokens:
         """All input tokens: uncached, cache reads and cache writes."""
         return self.input + self.cache_read + self.cache_write_5m + self.cache_write_1h
 
+    @property
+    def cached(self) -> int:
+        """Tokens of the cached prefix, read or written."""
+        return self.cache_read + self.cache_write_5m + self.cache_write_1h
+
     def __add__(self, other: Tokens) -> Tokens:
         return Tokens(
             self.input + other.input,
@@ -129,8 +134,19 @@ class PriceTable:
             return None
         return self.cost_of_tokens(rates, tokens_of(usage), usage)
 
+    def cost_of(self, model: str, tokens: Tokens, *, inference_geo: str | None = None,
+                service_tier: str | None = None) -> Decimal | None:
+        """Return the USD cost of billable quantities on ``model`` (None if it has no price),
+        with the usage's ``inference_geo`` and ``service_tier`` as the API reported them."""
+        rates = self._rates.get(model)
+        if rates is None:
+            return None
+        return self.cost_of_tokens(rates, tokens, Usage(inference_geo=inference_geo,
+                                                        service_tier=service_tier))
+
     def cost_of_tokens(self, rates: Rates, t: Tokens, usage: Usage | None = None) -> Decimal:
-        """Return the USD cost of billable quantities at ``rates``."""
+        """Return the USD cost of billable quantities at ``rates`` (``usage`` is read only for
+        its ``inference_geo`` and ``service_tier``)."""
         input_rate, output_rate = rates.input, rates.output
         scale = Decimal(1)
         if rates.long_threshold is not None and t.input_side > rates.long_threshold:

@@ -213,6 +213,18 @@ class Metrics:
             "Requests the budgets and rate limits acted on: warned, downgraded, refused "
             "(a budget spent), rate_limited, unavailable (the store down, failing closed).",
             ("team", "action"), registry=reg)
+        self.shadow_decisions = Counter(
+            "router_shadow_decisions",
+            "Requests the shadow (candidate) policy would have routed, by its tier and rule.",
+            ("tier", "rule"), registry=reg)
+        self.shadow_cost = Counter(
+            "router_shadow_cost_usd",
+            "USD the shadow (candidate) policy would have spent: usage repriced on its models.",
+            registry=reg)
+        self.ledger_records = Counter(
+            "router_ledger_records",
+            "Ledger records: written, dropped (the queue was full) or failed (the disk said no).",
+            ("result",), registry=reg)
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.known_teams: frozenset[str] = frozenset()
         self._budgets_shown: set[tuple[str, str, str]] = set()

@@ -24,6 +24,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -319,6 +320,8 @@ class Policy:
     _prices: dict[str, ModelPrice] = field(default_factory=dict, compare=False, repr=False)
     model_betas: frozenset[str] = frozenset()
     """Every beta some model lists as model-specific (``models.*.betas``)."""
+    shadow: Policy | None = None
+    """The candidate policy named by ``shadow:``, evaluated beside this one."""
 
     def __post_init__(self) -> None:
         config = self.config
@@ -359,7 +362,8 @@ class Policy:
     def with_config(self, config: Config) -> Policy:
         """Return this policy with ``config`` in place of its own: the same compiled rules,
         source, hash and lines (for settings changed in code, never for new rules)."""
-        return Policy(dataclasses.replace(self.loaded, config=config), self.rules)
+        return Policy(dataclasses.replace(self.loaded, config=config), self.rules,
+                      shadow=self.shadow)
 
 
 def load_policy(path: str | None = None, *, overrides: Overrides = NO_OVERRIDES) -> Policy:
@@ -370,12 +374,50 @@ def load_policy(path: str | None = None, *, overrides: Overrides = NO_OVERRIDES)
     Raises:
         ConfigError: with one line per problem, each naming the key and its YAML line.
     """
-    return compile_policy(load_config(path, overrides=overrides))
+    return with_shadow(compile_policy(load_config(path, overrides=overrides)), overrides)
 
 
 def parse_policy(text: str, source: str = "<string>") -> Policy:
-    """Like :func:`load_policy`, from config text."""
-    return compile_policy(parse_config(text, source))
+    """Like :func:`load_policy`, from config text (``source`` names the file a relative
+    ``shadow:`` path is read beside)."""
+    return with_shadow(compile_policy(parse_config(text, source)))
+
+
+def with_shadow(policy: Policy, overrides: Overrides = NO_OVERRIDES) -> Policy:
+    """Return ``policy`` with the candidate its ``shadow:`` names loaded and compiled, and
+    the candidate's file among those whose change reloads the config.
+
+    Raises:
+        ConfigError: the candidate cannot be read or is invalid (each problem named as the
+            candidate's), or names a shadow of its own.
+    """
+    name = policy.config.shadow
+    if name is None:
+        return policy
+    path = shadow_path(policy)
+    assert path is not None
+    where = f"shadow (line {policy.loaded.line_of('$.shadow')})"
+    try:
+        shadow = compile_policy(load_config(str(path), overrides=overrides))
+    except ConfigError as err:
+        raise ConfigError(policy.loaded.source,
+                          [f"{where}: {err.source}: {p}" for p in err.problems]) from err
+    if shadow.config.shadow is not None:
+        raise ConfigError(policy.loaded.source,
+                          [f"{where}: {path} names a shadow of its own; a candidate has none"])
+    loaded = dataclasses.replace(policy.loaded, files=(*policy.loaded.files, str(path)))
+    return dataclasses.replace(policy, loaded=loaded, shadow=shadow)
+
+
+def shadow_path(policy: Policy) -> Path | None:
+    """The file ``shadow:`` names, relative to the config file's directory (or the working
+    directory for a config that is not a file); None without one."""
+    name = policy.config.shadow
+    if name is None:
+        return None
+    source = Path(policy.loaded.source)
+    base = source.parent if source.is_file() else Path.cwd()
+    return base / Path(name).expanduser()
 
 
 def compile_policy(loaded: LoadedConfig) -> Policy:
