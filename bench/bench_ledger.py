@@ -53,7 +53,8 @@ from router.accounting.ledger import (  # noqa: E402
 from router.accounting.ledger_files import LedgerFiles, Reader  # noqa: E402
 from router.accounting.metrics import Metrics  # noqa: E402
 from router.accounting.simulate import Replay, render, simulate_ledger  # noqa: E402
-from router.config import LedgerConfig, default_config_text  # noqa: E402
+from router.config import LedgerConfig  # noqa: E402
+from router.config_file import default_config_text  # noqa: E402
 from router.parse import parse_messages  # noqa: E402
 from router.pipeline import route  # noqa: E402
 from router.routing.conversations import (  # noqa: E402
@@ -63,10 +64,11 @@ from router.routing.conversations import (  # noqa: E402
     state_after,
 )
 from router.routing.decide import decide  # noqa: E402
+from router.routing.factor import FactorLearner  # noqa: E402
 from router.routing.features import Features  # noqa: E402
 from router.routing.rules import Policy, parse_policy  # noqa: E402
-from router.routing.tokens import FactorLearner, TokenCounter  # noqa: E402
-from router.upstream.forward import Outcome  # noqa: E402
+from router.routing.tokens import TokenCounter  # noqa: E402
+from router.upstream.relay import Outcome  # noqa: E402
 from router.wire import CacheCreation, Usage  # noqa: E402
 
 CANDIDATE_EDIT = ("    when: {complexity: simple}\n    tier: haiku",

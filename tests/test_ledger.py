@@ -22,13 +22,13 @@ from router.accounting.ledger import ConversationSeen, Entry, Ledger
 from router.accounting.ledger_files import LedgerFiles, Reader, export
 from router.accounting.metrics import Metrics
 from router.cli import cli
-from router.config import ConfigError, LedgerConfig, parse_config
+from router.config import LedgerConfig
+from router.config_file import ConfigError, parse_config
 from router.fake import FakeUpstream, Reply
+from router.routing.factor import FactorLearner
 from router.routing.features import Features, feature_names
 from router.routing.rules import load_policy, parse_policy
-from router.routing.tokens import FactorLearner
-from tests.conftest import API_KEY, config_text, running_proxy
-from tests.test_metrics import scrape, total
+from tests.conftest import API_KEY, config_text, running_proxy, scrape, total
 from tests.test_raw_http import post
 from tests.test_simulate import config_file, load
 

@@ -27,8 +27,7 @@ from router.accounting.simulate import Report, simulate, simulate_ledger
 from router.cli import cli
 from router.fake import Fail, FakeUpstream, Reply
 from router.routing.rules import Policy, parse_policy
-from tests.conftest import API_KEY, config_text, running_proxy
-from tests.test_metrics import scrape, total
+from tests.conftest import API_KEY, config_text, running_proxy, scrape, total
 from tests.test_raw_http import post
 
 FAST = [

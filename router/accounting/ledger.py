@@ -33,11 +33,12 @@ import msgspec
 
 from router.accounting.account import first_token_wait
 from router.accounting.cost import Tokens, tokens_of
+from router.accounting.metrics import OTHER
 from router.config import Config
 from router.routing.conversations import ConversationState
+from router.routing.factor import FactorLearner
 from router.routing.features import Features
 from router.routing.scorer import default_scorer
-from router.routing.tokens import FactorLearner
 from router.state.sqlite import state_dir
 
 if TYPE_CHECKING:
