@@ -323,6 +323,27 @@ def test_a_candidate_sending_one_rule_to_haiku_moves_and_saves_what_hand_arithme
     assert later.moves == Counter({("sonnet", "opus"): 2})
 
 
+def test_requests_a_budget_capped_replay_capped(fake: FakeUpstream, tmp_path: Path) -> None:
+    """A budget past its downgrade share caps every request at Haiku (rule ``budget``): the
+    replay meets the same cap, so the same config still costs exactly what was recorded."""
+    path = config_file(tmp_path, "router.yaml", fake.url, LIVE)
+    text = path.read_text().replace("  warn_at: 0.8\n", "  warn_at: 0.000001\n").replace(
+        "  downgrade_at: 0.9\n", "  downgrade_at: 0.000001\n").replace(
+        "  # callers: {usd_per_day: 20, requests_per_minute: 60}",
+        "  callers: {usd_per_day: 100}")
+    path.write_text(text)
+    with running_proxy(load(path)) as url:
+        sent = scripted_traffic(url, fake)
+    entries = recorded(tmp_path / "state")
+    capped = [e for e in entries if e.rule == "budget"]
+    assert len(entries) == sent and len(capped) >= 4  # the first spent nothing before it
+    assert {e.budget_cap for e in capped} == {"haiku"} and {e.tier for e in capped} == {"haiku"}
+    report = simulate(Reader(tmp_path / "state" / "ledger.db").rows(), load(path))
+    assert report.moves == Counter() and report.by_rule["budget"].requests == len(capped)
+    assert report.total.after == report.total.before == sum(
+        (e.cost for e in entries if e.cost is not None), Decimal(0))
+
+
 def test_the_shadow_policy_is_reloaded_when_its_file_changes(fake: FakeUpstream,
                                                              tmp_path: Path) -> None:
     config_file(tmp_path, "candidate.yaml", fake.url, TO_HAIKU)

@@ -109,6 +109,8 @@ class Entry(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     betas: tuple[str, ...] = ()
     unavailable: tuple[str, ...] = ()
     """Models whose circuit was open when the router asked."""
+    budget_cap: str | None = None
+    """The tier a budget near its limit capped the request at (``rule`` is then ``budget``)."""
     conversation: ConversationSeen | None = None
     estimated_tokens: int = 0
     """The raw (unscaled) input-token estimate."""
@@ -221,6 +223,7 @@ def entry_of(record: Record, cost: Decimal | None, counterfactual: Decimal | Non
             thinking=needs.thinking if needs else "none",
             betas=tuple(sorted(needs.betas)) if needs else (),
             unavailable=routed.unavailable,
+            budget_cap=routed.budget_cap,
             conversation=_seen(routed),
             estimated_tokens=routed.estimate.tokens,
             factors={m: learner.factor(m, context.priors.get(m, 1.0)) for m in models},

@@ -145,8 +145,17 @@ class Replay:
                       effort=features.effort,
                       betas=frozenset(entry.betas) if entry.betas else _NO_BETAS)
         down = entry.unavailable
+        available = (lambda m: m not in down) if down else _always
         decision = decide(features, self.policy, needs=needs, conversation=conversation,
-                          available=(lambda m: m not in down) if down else _always)
+                          available=available)
+        if entry.budget_cap in TIERS:
+            # A budget near its limit capped the request: the candidate meets the same cap.
+            from router.pipeline import budget_bound
+
+            capped = decide(features, self.policy, needs=needs, conversation=conversation,
+                            available=available, bound=budget_bound(entry.budget_cap, "budget"))
+            if capped.model != decision.model:
+                decision = dataclasses.replace(capped, rule="budget")
         source = entry.priced_model
         # The same choice meets the same fate: a recorded fallback happens again.
         target = source if decision.model == entry.model else decision.model
