@@ -43,16 +43,12 @@ sys.path.insert(0, str(REPO))
 from bench import fit_scorer as fit  # noqa: E402
 from router.accounting.account import Books, Record, account  # noqa: E402
 from router.accounting.cost import PriceTable, Tokens  # noqa: E402
-from router.accounting.ledger import (  # noqa: E402
-    ConversationSeen,
-    Entry,
-    Ledger,
-    context_of,
-    entry_of,
-)
+from router.accounting.entry import ConversationSeen, Entry, context_of, entry_of  # noqa: E402
+from router.accounting.ledger import Ledger  # noqa: E402
 from router.accounting.ledger_files import LedgerFiles, Reader  # noqa: E402
 from router.accounting.metrics import Metrics  # noqa: E402
-from router.accounting.simulate import Replay, render, simulate_ledger  # noqa: E402
+from router.accounting.replay import Replay  # noqa: E402
+from router.accounting.simulate import render, simulate_ledger  # noqa: E402
 from router.config import LedgerConfig  # noqa: E402
 from router.config_file import default_config_text  # noqa: E402
 from router.parse import parse_messages  # noqa: E402

@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import fit_scorer as fit  # noqa: E402
 from router.accounting.cost import PriceTable, Tokens  # noqa: E402
-from router.accounting.ledger import Entry  # noqa: E402
+from router.accounting.entry import Entry  # noqa: E402
 from router.accounting.simulate import render, simulate  # noqa: E402
 from router.config_file import default_config_text  # noqa: E402
 from router.routing.classify import judge  # noqa: E402

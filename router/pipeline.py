@@ -40,10 +40,10 @@ from router.routing.conversations import (
     Conversation,
     rewritten_body,
 )
-from router.routing.decide import Available, Decision, decide
+from router.routing.decide import Available, Decision, Watched, budget_bound, decide
 from router.routing.factor import FactorLearner
 from router.routing.features import Features
-from router.routing.rules import ALWAYS, Policy, Rule
+from router.routing.rules import Policy, Rule
 from router.routing.task import TaskMemo
 from router.routing.tokens import TokenCounter, TokenEstimate
 from router.state import Store
@@ -110,12 +110,11 @@ class Routed:
     decision: Decision
     conversation: Conversation | None
     """The conversation the request continues, as loaded from the store."""
+    # What the ledger keeps for `router simulate` to decide the request again: its needs, the
+    # models whose circuit was open, and the tier a budget near its limit capped it at.
     needs: Needs | None = None
-    """What the request asks of a model (the capability check's input)."""
     unavailable: tuple[str, ...] = ()
-    """Models the decision found unavailable (circuit open): ``router simulate`` replays it."""
     budget_cap: Tier | None = None
-    """The tier a budget near its limit capped the request at, when it did."""
 
 
 MODELS_WITHIN = 2.5
@@ -176,17 +175,10 @@ def route(
         tasks=tasks,
     )
     needs = needs_of(features, parsed.request.thinking, parsed.headers.get("anthropic-beta", ""))
-    down: list[str] = []
-
-    def checked(model: str) -> bool:
-        up = available(model)
-        if not up:
-            down.append(model)
-        return up
-
+    checked = Watched(available)
     decision = decision_for(features, parsed, policy, conversation, available=checked,
                             explain=explain, needs=needs)
-    return Routed(features, estimate, decision, conversation, needs, tuple(down))
+    return Routed(features, estimate, decision, conversation, needs, tuple(checked.down))
 
 
 def decision_for(features: Features, parsed: Parsed, policy: Policy,
@@ -199,11 +191,6 @@ def decision_for(features: Features, parsed: Parsed, policy: Policy,
                          parsed.headers.get("anthropic-beta", ""))
     return decide(features, policy, needs=needs, conversation=conversation,
                   available=available, explain=explain, bound=bound)
-
-
-def budget_bound(tier: Tier, why: str) -> Rule:
-    """The guard a budget near its limit adds: no tier above ``tier``."""
-    return Rule("budget", why, ALWAYS, None, None, False, tier, None, False, -1, None)
 
 
 @dataclass
@@ -267,8 +254,7 @@ async def proxy(
             parse = parse_messages if endpoint is Endpoint.MESSAGES else parse_count_tokens
             parsed = parse(body, headers)
             requested = parsed.request.model
-            if policy.config.ledger.store_bodies:
-                kept_body = body
+            kept_body = body if policy.config.ledger.store_bodies else None
             estimate = await estimate_tokens(state.counter, parsed, state.background)
             conversation = await load_conversation(state.store, parsed)
             routed = route(parsed, estimate, policy, state.learner, conversation,
@@ -352,9 +338,7 @@ async def proxy(
             estimated_tokens=routed.estimate.tokens if routed and routed.estimate.exact
             else None,
             team=state.budgets.team_label(identity),
-            routed=routed,
-            caller=identity.name if identity is not None else None,
-            body=kept_body,
+            routed=routed, caller=identity.name if identity else None, body=kept_body,
         )
         cost = account(record, state.books)
         if ticket is not None:

@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from router.accounting.cost import Tokens
-from router.accounting.ledger import ConversationSeen, Entry, Ledger
+from router.accounting.entry import ConversationSeen, Entry
+from router.accounting.ledger import Ledger
 from router.accounting.ledger_files import LedgerFiles, Reader, export
 from router.accounting.metrics import Metrics
 from router.cli import cli

@@ -21,7 +21,7 @@ import anthropic
 import pytest
 from click.testing import CliRunner
 
-from router.accounting.ledger import Entry
+from router.accounting.entry import Entry
 from router.accounting.ledger_files import Reader
 from router.accounting.simulate import Report, simulate, simulate_ledger
 from router.cli import cli

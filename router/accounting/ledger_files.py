@@ -34,7 +34,7 @@ from typing import IO, Any
 import msgspec
 
 from router.accounting.cost import Tokens
-from router.accounting.ledger import FORMAT, Entry
+from router.accounting.entry import FORMAT, Entry
 from router.config import LedgerConfig
 from router.routing.features import Features, feature_names
 

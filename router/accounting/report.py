@@ -7,7 +7,8 @@ from decimal import Decimal
 from html import escape
 from pathlib import Path
 
-from router.accounting.simulate import OTHER, Report, Tally
+from router.accounting.replay import OTHER
+from router.accounting.simulate import Report, Tally
 from router.config import TIERS
 
 COLOURS = {"haiku": "#4e9a6f", "sonnet": "#d08c3a", "opus": "#6a5acd", OTHER: "#9a9a9a"}

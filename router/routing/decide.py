@@ -23,7 +23,7 @@ from router.config import TIERS, Config, Tier
 from router.routing.capabilities import Needs, dropped_for, unmet_limit
 from router.routing.conversations import Conversation, payback, turn_cost
 from router.routing.features import Features
-from router.routing.rules import Policy, Rule
+from router.routing.rules import ALWAYS, Policy, Rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,25 @@ class Decision:
 
 Available = Callable[[str], bool]
 """Whether a model can take requests now (its circuit is not open)."""
+
+
+class Watched:
+    """An :data:`Available` that remembers the models it found unavailable (for the ledger)."""
+
+    def __init__(self, available: Available) -> None:
+        self.available = available
+        self.down: list[str] = []
+
+    def __call__(self, model: str) -> bool:
+        up = self.available(model)
+        if not up:
+            self.down.append(model)
+        return up
+
+
+def budget_bound(tier: Tier, why: str) -> Rule:
+    """The guard a budget near its limit adds: no tier above ``tier``."""
+    return Rule("budget", why, ALWAYS, None, None, False, tier, None, False, -1, None)
 
 
 def _always(model: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from router.config import TIERS, Config, ModelConfig, ModelPrice, RuleConfig, Tier
+from router.config import Config, ModelConfig, ModelPrice, RuleConfig, Tier
 from router.config_file import (
     NO_OVERRIDES,
     ConfigError,
@@ -40,6 +40,7 @@ from router.config_file import (
     parse_config,
 )
 from router.routing.features import Features
+from router.routing.rule_checks import target_problems, unpriced
 
 Kind = Literal["number", "string", "bool", "strings"]
 """How a feature's values compare: numbers order, strings glob, tuples of strings match any."""
@@ -447,7 +448,7 @@ def compile_policy(loaded: LoadedConfig) -> Policy:
             where = str(exc).split(":", 1)[0]
             problems.append(f"{label} (line {loaded.line_of(f'{path}.{where}')}): {exc}")
             continue
-        found = _target_problems(spec)
+        found = target_problems(spec)
         if spec.name in names:
             found.append("another rule has this name")
         names.add(spec.name)
@@ -461,46 +462,10 @@ def compile_policy(loaded: LoadedConfig) -> Policy:
     if default not in config.tiers and default != "requested" and not default.startswith("claude"):
         problems.append(f"default (line {loaded.line_of('$.default')}): '{default}' is neither "
                         "a tier (haiku, sonnet, opus), 'requested', nor a claude-* model id")
-    problems.extend(_unpriced(loaded, rules))
+    problems.extend(unpriced(loaded, rules))
     if problems:
         raise ConfigError(loaded.source, problems)
     return Policy(loaded, tuple(rules))
-
-
-def _unpriced(loaded: LoadedConfig, rules: list[Rule]) -> list[str]:
-    """Models the config routes to that have no price (only once a price table exists)."""
-    pricing = loaded.config.pricing
-    if pricing is None:
-        return []
-    priced = {m for name, p in pricing.models.items() for m in (name, *p.aliases)}
-    problems = [
-        f"tiers.{name}.model (line {loaded.line_of(f'$.tiers.{name}.model')}): "
-        f"'{tier.model}' has no price in pricing.models"
-        for name, tier in loaded.config.tiers.items() if tier.model not in priced
-    ]
-    problems += [
-        f"{rule.label}: model '{rule.model}' has no price in pricing.models"
-        for rule in rules if rule.model is not None and rule.model not in priced
-    ]
-    default = loaded.config.default
-    if default.startswith("claude") and default not in priced:
-        problems.append(f"default (line {loaded.line_of('$.default')}): '{default}' has no "
-                        "price in pricing.models")
-    return problems
-
-
-def _target_problems(spec: RuleConfig) -> list[str]:
-    targets = [n for n, v in (("tier", spec.tier), ("model", spec.model), ("pin", spec.pin)) if v]
-    problems = []
-    if len(targets) > 1:
-        problems.append(f"give one target, not {' and '.join(targets)}")
-    if not targets and spec.cap is None and spec.floor is None:
-        problems.append("needs a target (tier, model or pin) or a bound (cap, floor)")
-    if spec.cap and spec.floor and TIERS.index(spec.cap) < TIERS.index(spec.floor):
-        problems.append(f"cap {spec.cap} is below floor {spec.floor}")
-    if spec.model is not None and not spec.model.strip():
-        problems.append("model is empty")
-    return problems
 
 
 def _unreachable(rules: list[Rule]) -> list[str]:
