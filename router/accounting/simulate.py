@@ -1,7 +1,8 @@
 """What a candidate policy would have done with recorded traffic, and what it would have cost.
 
 ``router simulate`` and the shadow policy (``shadow:`` in router.yaml) share one engine,
-:class:`router.accounting.replay.Replay`, fed ledger records (:mod:`router.accounting.ledger`) in order of arrival:
+:class:`router.accounting.replay.Replay`, fed ledger records (:mod:`router.accounting.entry`)
+in order of arrival:
 
 1. **Decide again.** The recorded features go through the candidate's rules with the real
    :func:`router.routing.decide.decide` (its ``complexity`` thresholds re-applied to the recorded
