@@ -282,11 +282,12 @@ async def forward(
         tried = primary
         answer = await run.try_model(primary, 1, probe=False)
     if answer is None and run.attempts == 1 and not run.stopped and run.last is not None \
-            and isinstance(run.last.error, UpstreamTimeout):
+            and isinstance(run.last.error, UpstreamTimeout) \
+            and (config.retry(tier_of(tried) if tried else None).attempts or 1) > 1:
         # One model, hung once, nowhere to fall back (pinned, bound by thinking, or the others'
-        # circuits open): one more wait here, then the client is told not to retry. Left to the
-        # SDK, its two retries would each wait as long again, and a hung request would outlast
-        # any deadline a client can live with.
+        # circuits open), and retries allowed: one more wait here, then the client is told not
+        # to retry. Left to the SDK, its two retries would each wait as long again, and a hung
+        # request would outlast any deadline a client can live with.
         answer = await run.try_model(tried, 1, probe=False)
     if answer is not None:
         if run.last is not None and run.last.response is not None:
