@@ -372,6 +372,31 @@ def test_sqlite_is_shared_by_two_processes(tmp_path: Path) -> None:
     assert run(read()) == [str(2 * n).encode()]
 
 
+def test_a_worker_reads_what_another_wrote_after_it_last_read(tmp_path: Path) -> None:
+    """Each worker keeps what it read and wrote, yet never serves a value another worker has
+    since replaced, counted over, or purged."""
+    async def main() -> None:
+        a = open_sqlite(tmp_path, max_keys=1000, lock_timeout=0.25)
+        b = open_sqlite(tmp_path, max_keys=1000, lock_timeout=0.25)
+        await a.set_many({"turn": b"a1"}, 60)
+        assert await a.get_many(["turn"]) == [b"a1"]
+        await b.set_many({"turn": b"b2"}, 60)
+        assert await a.get_many(["turn"]) == [b"b2"]
+        await a.set_many({"turn": b"a3", "other": b"x"}, 60)
+        assert await b.get_many(["turn", "other"]) == [b"a3", b"x"]
+        assert await b.add("n", 5, 60) == 5
+        assert await a.get_many(["n"]) == [b"5"]
+        assert await a.add("n", 1, 60) == 6
+        assert await a.get_many(["n"]) == [b"6"]
+        await b.set_many({"turn": b"short"}, 0.05)
+        await asyncio.sleep(0.1)
+        assert await a.get_many(["turn", "other"]) == [None, b"x"]
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
 def test_sqlite_waits_for_a_held_lock_only_up_to_the_timeout(tmp_path: Path) -> None:
     """Another process holding the write lock makes a call wait at most ``lock_timeout``; then it is
     served from memory, told to on_fallback, and the next call uses the file again."""

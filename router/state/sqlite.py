@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +49,8 @@ PURGE_LIMIT = 100_000
 """Most rows one purge deletes (of each kind); the rest waits for the next one."""
 CHUNK = 300
 """Keys per statement (SQLite caps the number of bound parameters)."""
+CACHE_KEYS = 10_000
+"""Most values a worker keeps of what it read and wrote (a few MB; emptied when full)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -159,7 +161,7 @@ def _connect(path: Path, *, schema: bool = False) -> sqlite3.Connection:
 @lru_cache(maxsize=64)
 def _select_sql(count: int) -> str:
     marks = ",".join("?" * count)
-    return f"SELECT key, value FROM kv WHERE expires > ? AND key IN ({marks})"
+    return f"SELECT key, value, expires FROM kv WHERE expires > ? AND key IN ({marks})"
 
 
 @lru_cache(maxsize=64)
@@ -191,14 +193,28 @@ class SqliteStore:
         self._next_checkpoint = 0.0
         self._next_purge = time.monotonic()
         self._maintenance: asyncio.Future[None] | None = None
+        self._cache: dict[str, tuple[bytes, float]] = {}
+        """Values this worker read or wrote, with their expiry, as of ``_version``."""
+        self._version: int | None = None
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         now = self._clock()
+        cache = self._cached()
         found: dict[str, bytes] = {}
-        for chunk in _chunks(keys):
-            found.update(self._run(self._fetch, _select_sql(len(chunk)), (now, *chunk)))
+        missing: list[str] = []
+        for key in keys:
+            hit = cache.get(key)
+            if hit is not None and hit[1] > now:
+                found[key] = hit[0]
+            else:
+                missing.append(key)
+        for chunk in _chunks(missing):
+            for key, value, expires in self._run(self._fetch, _select_sql(len(chunk)),
+                                                 (now, *chunk)):
+                found[key] = value
+                self._remember(key, value, expires)
         return [found.get(key) for key in keys]
 
     async def set_many(self, items: Mapping[str, bytes], ttl_seconds: float) -> None:
@@ -206,13 +222,48 @@ class SqliteStore:
             return
         expires = self._clock() + ttl_milliseconds(ttl_seconds) / 1000
         rows = [(key, bytes(value), expires) for key, value in items.items()]
-        if len(rows) <= CHUNK:
-            self._run(self._fetch, _upsert_sql(len(rows)), [f for row in rows for f in row])
-        else:
-            self._run(self._write_all, rows)
+        self._cached()
+        before = self._version
+        try:
+            if len(rows) <= CHUNK:
+                self._run(self._fetch, _upsert_sql(len(rows)), [f for row in rows for f in row])
+            else:
+                self._run(self._write_all, rows)
+        except BaseException:
+            self._forget(items)  # written or not, the file now says which
+            raise
+        self._cached()
+        if self._version == before:
+            # No other commit came between: what we wrote is what the file holds.
+            for key, value, _ in rows:
+                self._remember(key, value, expires)
         self._after_write()
 
+    def _cached(self) -> dict[str, tuple[bytes, float]]:
+        """The worker's cache, emptied first if another connection (a worker, a purge) has
+        committed since it was last checked.
+
+        ``PRAGMA data_version`` changes exactly then (never for this connection's own
+        commits), and costs a tenth of a lookup: a conversation's next turn usually reads
+        what this worker wrote at its last one.
+        """
+        version = self._run(self._fetch, "PRAGMA data_version", ())[0][0]
+        if version != self._version:
+            self._cache.clear()
+            self._version = version
+        return self._cache
+
+    def _remember(self, key: str, value: bytes, expires: float) -> None:
+        if len(self._cache) >= CACHE_KEYS:
+            self._cache.clear()
+        self._cache[key] = (value, expires)
+
+    def _forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._cache.pop(key, None)
+
     async def add(self, key: str, amount: int, ttl_seconds: float) -> int:
+        self._forget((key,))
         now = self._clock()
         params = {"key": key, "amount": amount, "now": now,
                   "expires": now + ttl_milliseconds(ttl_seconds) / 1000}
@@ -231,6 +282,7 @@ class SqliteStore:
         for c in charges:
             params += [c.key, c.amount, c.limit, c.bucket,
                        now + ttl_milliseconds(c.ttl_seconds) / 1000]
+        self._forget(c.key for c in charges)
         rows = self._run(self._fetch, _charge_sql(len(charges)), params)
         if rows:
             self._after_write()
