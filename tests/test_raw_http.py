@@ -113,6 +113,20 @@ def test_headers_forwarded_and_hop_by_hop_dropped(fake: FakeUpstream, proxy_url:
         assert got.header(name) is None, name
 
 
+def test_a_cookie_the_upstream_sets_for_one_client_never_reaches_another(
+        fake: FakeUpstream, start_proxy: Any) -> None:
+    """The upstream's cookies (a load balancer's affinity, a bot-management token) are the
+    client's business: the proxy relays them and keeps none for the next caller."""
+    # By a host name, as api.anthropic.com is: an HTTP client keeps no cookies for an address.
+    proxy_url = start_proxy(policy=make_policy(fake.url.replace("127.0.0.1", "localhost")))
+    fake.script(Reply(headers={"set-cookie": "__cf_bm=tenant-a; Path=/; HttpOnly"}))
+    status, headers, _ = post(proxy_url, json.dumps(BODY).encode())
+    assert status == 200 and headers["set-cookie"].startswith("__cf_bm=tenant-a")
+    status, _, _ = post(proxy_url, json.dumps(BODY).encode(), {"x-api-key": "sk-ant-other"})
+    assert status == 200
+    assert fake.received[-1].header("cookie") is None
+
+
 def test_response_headers_clients_read_come_back(fake: FakeUpstream, proxy_url: str) -> None:
     fake.script(Fail(429, "rate_limit_error", headers={"retry-after": "3",
                                                        "x-should-retry": "true"}))

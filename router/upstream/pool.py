@@ -9,6 +9,7 @@ that forwarding and relaying import without it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import aiohttp
@@ -44,6 +45,13 @@ def _translated(exc: BaseException, message: str) -> UpstreamTimeout | UpstreamU
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(message)
     return UpstreamUnavailable(f"{message}: {type(exc).__name__}")
+
+
+@functools.lru_cache(maxsize=64)
+def _connect_timeout(connect: float | None) -> aiohttp.ClientTimeout:
+    """The session timeout of an attempt: only the connect wait (the caller times the rest);
+    one object per distinct wait, not one per request."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
 class UpstreamResponse:
@@ -133,6 +141,9 @@ class Upstream:
             trust_env=self.config.trust_env,
             skip_auto_headers=("User-Agent", "Content-Type"),
             auto_decompress=True,
+            # A cookie the upstream sets for one client must not ride along on another's
+            # requests; a jar would also be searched on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
@@ -186,7 +197,7 @@ class Upstream:
             response = await self._session.request(
                 method, URL(self.base_url + path_qs, encoded=True), data=body, headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect),
+                timeout=_connect_timeout(connect),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translated(exc, "upstream unreachable") from exc
