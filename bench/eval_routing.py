@@ -75,11 +75,13 @@ def route_rows(rows: Sequence[fit.Row], scorer: Scorer, policy: Policy) -> list[
     return routed
 
 
-def cross_validated(rows: Sequence[fit.Row], policy: Policy) -> list[tuple[str, float]]:
-    """Each row routed by the model fitted (weights and thresholds) without its fold."""
+def cross_validated(rows: Sequence[fit.Row], policy: Policy, salt: str = ""
+                    ) -> list[tuple[str, float]]:
+    """Each row routed by the model fitted (weights and thresholds) without its fold (folds
+    assigned by hashes of the ids salted by ``salt``)."""
     x = fit.design(rows)
     y = np.array([r.label for r in rows])
-    fold_model = fit.nested(rows, x, y)
+    fold_model = fit.nested(rows, x, y, salt)
     routed: list[tuple[str, float]] = [("", 0.0)] * len(rows)
     for k in range(fit.FOLDS):
         test, model = fold_model(k)
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="router.yaml (default: embedded)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--misses", action="store_true", help="list misrouted requests")
+    parser.add_argument("--splits", action="store_true",
+                        help="also average the cross-validated figures over five fold "
+                             "assignments")
     parser.add_argument("--simulate", metavar="CANDIDATE", default=None,
                         help="print router simulate's report of CANDIDATE against --config")
     args = parser.parse_args(argv)
@@ -180,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         "shipped model (fitted on the development set: not a measure of generalisation)":
             lambda: route_rows(rows, default_scorer(), policy),
     }
+    if args.splits:
+        results |= {
+            f"cross-validated, fold assignment salted {salt!r}":
+                lambda salt=salt: cross_validated(rows, policy, salt)  # type: ignore[misc]
+            for salt in fit.SPLITS[1:]
+        }
     figures = {title: report(rows, run()) for title, run in results.items()}
     if args.json:
         print(json.dumps({"path": str(path), "policy": policy.loaded.source, **figures},
@@ -191,7 +202,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({held} rows carry thinking blocks: routed by the rules as a first turn would be)")
     for title, numbers in figures.items():
         print_report(title, numbers, misses=args.misses)
+    if args.splits:
+        print_splits([f for t, f in figures.items() if t.startswith("cross-validated")])
     return 0
+
+
+def print_splits(splits: Sequence[Mapping[str, Any]]) -> None:
+    """The cross-validated figures averaged over fold assignments (one line each, then mean)."""
+    print(f"\ncross-validated over {len(splits)} fold assignments")
+    keys = ("agreement", "under", "severe_under", "over")
+    for n, f in enumerate(splits):
+        ratio = f["cost_requests"] / f["label_cost_requests"]
+        print(f"  {n}: " + ", ".join(f"{k} {f[k]:.1%}" for k in keys) + f", cost {ratio:.3f}x")
+    mean = {k: sum(f[k] for f in splits) / len(splits) for k in keys}
+    ratio = sum(f["cost_requests"] / f["label_cost_requests"] for f in splits) / len(splits)
+    print("  mean: " + ", ".join(f"{k} {mean[k]:.1%}" for k in keys) + f", cost {ratio:.3f}x")
 
 
 if __name__ == "__main__":

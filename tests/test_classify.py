@@ -388,3 +388,32 @@ def test_loop_evidence_counts_work_since_the_task(counter: TokenCounter) -> None
     assert f.loop_files == 2  # src/importer.py, src/schema.py
     assert f.loop_retries == 1  # the test run, repeated
     assert f.loop_errors == 2  # one flagged, the latest reads like a failure
+
+
+def test_a_short_reply_to_the_assistants_question_carries_what_was_proposed(
+    counter: TokenCounter,
+) -> None:
+    plan = ("The Sales table has a Date column but no Quarter field, and a pivot needs one. I'll "
+            "add a calculated Quarter column to the table, build a pivot of revenue by region "
+            "and quarter on a new sheet, then put a clustered column chart beside it. Adding a "
+            "column changes the table's structure, so formulas that reference it by position "
+            "may shift. OK to go ahead?")
+    opening = {"role": "user", "content": "can you chart sales by quarter and region?"}
+    approved = features(counter, [opening, {"role": "assistant", "content": plan},
+                                  {"role": "user", "content": "yes go ahead"}])
+    assert approved.task_from_proposal
+    assert approved.prose_words > 40 and approved.steps >= 1 and approved.generative
+    assert approved.task_chars == len("yes go ahead")  # the user's own text, as before
+    # The same two words after a question that proposes nothing much weigh what it proposes.
+    small = features(counter, [opening, {"role": "assistant", "content": "Rerun the test?"},
+                               {"role": "user", "content": "yes go ahead"}])
+    assert small.task_from_proposal and small.prose_words < 10
+    assert small.complexity_score < approved.complexity_score
+    # A statement is not a question; a long turn is a task of its own.
+    told = features(counter, [opening, {"role": "assistant", "content": plan.rstrip("?") + "."},
+                              {"role": "user", "content": "yes go ahead"}])
+    assert not told.task_from_proposal and told.prose_words < 10
+    own = "no. " + "Instead, build a dashboard with the monthly totals per region and a trend. " * 3
+    long_reply = features(counter, [opening, {"role": "assistant", "content": plan},
+                                    {"role": "user", "content": own}])
+    assert not long_reply.task_from_proposal

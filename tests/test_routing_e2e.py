@@ -119,7 +119,9 @@ def test_cli_explain_matches_the_server(tmp_path: Path) -> None:
 def test_thinking_conversation_stays_on_the_model_that_signed_it(
     fake: FakeUpstream, start_proxy: Any
 ) -> None:
-    url = start_proxy(RULES_V1)
+    # The model scores a request with extended thinking switched on above a bare one; the
+    # threshold is moved so that this trivial first turn is sure to start on haiku.
+    url = start_proxy("complexity: {simple_below: 45}\n" + RULES_V1)
     client = anthropic.Anthropic(base_url=url, api_key=API_KEY, max_retries=0)
     session = {"x-claude-code-session-id": "sess-1"}
     first_turn = [{"role": "user", "content": "What is 2+2? Check with the calculator."}]

@@ -44,6 +44,9 @@ _TARGET_KEYS: Final = frozenset(
 )
 """Tool-input keys that name what a call touches (a file, a page, a resource)."""
 _TRUTHY: Final = frozenset(("1", "true", "yes", "on"))
+_REPLY_MAX: Final = 120
+"""Most characters of a user turn read as a reply to the assistant's question ("yes go ahead",
+"the normal plan, not family"), whose weight is then the question's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,8 @@ class _Conversation:
 
     task_content: str | list[Block] | None
     task_from_history: bool
+    proposal: str
+    """The assistant's text the task turn replies to (see :func:`_proposal`); empty if none."""
     last_turn: str
     user_turns: int
     tool_calls: int
@@ -146,6 +151,9 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
             task_at = i
             break
         from_history = True
+    proposal = ""
+    if task_at is not None and task_at == last and task_at >= 1 and not roles[task_at - 1]:
+        proposal = _proposal(messages[task_at - 1].content, messages[task_at].content)
     since = 0 if task_at is None else task_at + 1
     loop_errors = sum(flagged[since:])
     if latest_user is not None and latest_user >= since:
@@ -154,6 +162,7 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
     return _Conversation(
         task_content=messages[task_at].content if task_at is not None else None,
         task_from_history=from_history and task_at is not None,
+        proposal=proposal,
         last_turn=last_turn,
         user_turns=user_turns,
         tool_calls=tool_calls,
@@ -167,6 +176,16 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
         loop_errors=loop_errors,
         loop_retries=loop_retries,
     )
+
+
+def _proposal(assistant: str | list[Block], reply: str | list[Block]) -> str:
+    """The assistant's text when it ended on a question and the user's turn is a short reply to
+    it: an approval ("yes go ahead") or a choice carries the weight of what was proposed, not of
+    its own few words. Empty otherwise."""
+    asked = user_text(assistant)
+    if not asked.endswith(("?", "\uff1f")) or len(user_text(reply)) > _REPLY_MAX:
+        return ""
+    return asked
 
 
 def _files_and_retries(
@@ -301,7 +320,12 @@ def measure(
     conv = _conversation(request.messages)
     task = conv.task_content
     task_chars = full_length(task) if task is not None else 0
-    sig = read_task(user_text(task) if task is not None else "", task_chars, seen=tasks)
+    text = user_text(task) if task is not None else ""
+    if conv.proposal:
+        text = f"{conv.proposal}\n\n{text}"
+        sig = read_task(text, len(text), seen=tasks)
+    else:
+        sig = read_task(text, task_chars, seen=tasks)
 
     thinking_block = request.thinking or {}
     kind = thinking_block.get("type")
@@ -343,6 +367,7 @@ def measure(
         "prose_words": sig.prose_words,
         "task_chars": task_chars,
         "task_from_history": conv.task_from_history,
+        "task_from_proposal": bool(conv.proposal),
         "system_spec": system_is_spec(request.system),
         "structured_output": structured,
         "prefill": prefill,

@@ -70,6 +70,9 @@ class Features:
     """Characters of the task message's text, in full."""
     task_from_history: bool
     """The latest user turn held only tool results, so the task is an earlier user turn."""
+    task_from_proposal: bool
+    """The latest user turn is a short reply (an approval, a choice) to a question the
+    assistant's last turn ended on: the task is read from that turn's text with the reply."""
     system_spec: bool
     """A short system prompt states a mechanical task ("Classify ... Reply with one word");
     personas and agent harnesses never do."""

@@ -196,7 +196,8 @@ HARD = (
     # algorithm and data-structure bounds
     Lexicon(
         "amortized|amortised|worst case|persistent data structure|persistent tree|path copying"
-        "|segment tree|fenwick|suffix array|suffix tree|dynamic programming|approximation ratio"
+        "|segment tree|fenwick tree{,s}|binary indexed tree|suffix array|suffix tree"
+        "|dynamic programming|approximation ratio"
     ),
 )
 REASONING = (
