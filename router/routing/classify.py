@@ -47,6 +47,9 @@ _TRUTHY: Final = frozenset(("1", "true", "yes", "on"))
 _REPLY_MAX: Final = 120
 """Most characters of a user turn read as a reply to the assistant's question ("yes go ahead",
 "the normal plan, not family"), whose weight is then the question's."""
+_PROPOSAL_READ: Final = 1000
+"""Characters read from the end of the assistant's turn a reply answers: the proposal closes
+it, and the cost stays that of reading a short task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,8 @@ class _Conversation:
     """Structural facts about the message list (block types and tool inputs; little text)."""
 
     task_content: str | list[Block] | None
+    task_text: str
+    """The task turn's sampled text (:func:`user_text`); empty when there is none."""
     task_from_history: bool
     proposal: str
     """The assistant's text the task turn replies to (see :func:`_proposal`); empty if none."""
@@ -143,17 +148,20 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
         i -= 2
 
     task_at: int | None = None
+    task_text = ""
     from_history = False
     for i in range(last, max(-1, last - _SCAN_BACK), -1):
         if not roles[i]:
             continue
-        if masks[i] & _TEXT and user_text(messages[i].content):
-            task_at = i
-            break
+        if masks[i] & _TEXT:
+            task_text = user_text(messages[i].content)
+            if task_text:
+                task_at = i
+                break
         from_history = True
     proposal = ""
     if task_at is not None and task_at == last and task_at >= 1 and not roles[task_at - 1]:
-        proposal = _proposal(messages[task_at - 1].content, messages[task_at].content)
+        proposal = _proposal(messages[task_at - 1].content, task_text)
     since = 0 if task_at is None else task_at + 1
     loop_errors = sum(flagged[since:])
     if latest_user is not None and latest_user >= since:
@@ -161,6 +169,7 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
     loop_files, loop_retries = _files_and_retries(messages, masks, since)
     return _Conversation(
         task_content=messages[task_at].content if task_at is not None else None,
+        task_text=task_text,
         task_from_history=from_history and task_at is not None,
         proposal=proposal,
         last_turn=last_turn,
@@ -178,14 +187,14 @@ def _conversation(all_messages: Sequence[MessageParam]) -> _Conversation:
     )
 
 
-def _proposal(assistant: str | list[Block], reply: str | list[Block]) -> str:
-    """The assistant's text when it ended on a question and the user's turn is a short reply to
-    it: an approval ("yes go ahead") or a choice carries the weight of what was proposed, not of
-    its own few words. Empty otherwise."""
-    asked = user_text(assistant)
-    if not asked.endswith(("?", "\uff1f")) or len(user_text(reply)) > _REPLY_MAX:
+def _proposal(assistant: str | list[Block], reply: str) -> str:
+    """The assistant's text when it ended on a question and the user's turn (``reply``, its
+    text) is a short reply to it: an approval ("yes go ahead") or a choice carries the weight of
+    what was proposed, not of its own few words. Empty otherwise."""
+    if len(reply) > _REPLY_MAX:
         return ""
-    return asked
+    asked = user_text(assistant)
+    return asked[-_PROPOSAL_READ:] if asked.endswith(("?", "\uff1f")) else ""
 
 
 def _files_and_retries(
@@ -320,12 +329,12 @@ def measure(
     conv = _conversation(request.messages)
     task = conv.task_content
     task_chars = full_length(task) if task is not None else 0
-    text = user_text(task) if task is not None else ""
     if conv.proposal:
-        text = f"{conv.proposal}\n\n{text}"
+        # A short reply is read with the question it answers: its weight is the proposal's.
+        text = f"{conv.proposal}\n\n{conv.task_text}"
         sig = read_task(text, len(text), seen=tasks)
     else:
-        sig = read_task(text, task_chars, seen=tasks)
+        sig = read_task(conv.task_text, task_chars, seen=tasks)
 
     thinking_block = request.thinking or {}
     kind = thinking_block.get("type")
