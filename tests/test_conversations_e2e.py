@@ -100,8 +100,10 @@ def test_signed_thinking_goes_back_to_its_signer_inside_a_stream(fake: FakeUpstr
 def test_max_tokens_above_a_models_limit_never_reaches_it(fake: FakeUpstream,
                                                           start_proxy: Any) -> None:
     url = shipped(fake, start_proxy)
+    # A task-spec system prompt keeps it simple however high max_tokens scores.
     status, headers, _ = post(url, json.dumps({
         "model": "claude-opus-4-7", "max_tokens": 100_000,
+        "system": "You translate single words. Reply with only the translation.",
         "messages": [{"role": "user", "content": "Translate 'bonjour' to English."}]}).encode())
     assert status == 200
     assert models_received(fake) == ["claude-sonnet-4-6"]
