@@ -17,53 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from router.config import TIERS, Config, Tier
-from router.routing.capabilities import Needs, dropped_for, unmet_limit
+from router.config import TIERS, Tier
+from router.routing.capabilities import Needs, dropped_for
 from router.routing.conversations import Conversation, payback, turn_cost
 from router.routing.features import Features
 from router.routing.rules import ALWAYS, Policy, Rule
+from router.routing.ruling import (
+    RANKS,
+    Bounds,
+    Decision,
+    Trace,
+    can_serve,
+    capable_tier,
+    fallbacks_of,
+    ruling,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """How one rule fared, for ``explain``."""
-
-    rule: str
-    matched: bool
-    condition: str
-    effect: str
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Where a request goes."""
-
-    model: str
-    """The model id sent upstream."""
-    tier: Tier | None
-    """The tier of that model, or None when it belongs to none."""
-    rule: str
-    """The name of the rule that decided (or ``default``, ``passthrough``, ``conversation``)."""
-    reason: str
-    """One line a person can read."""
-    trace: tuple[Trace, ...] = field(default=(), compare=False)
-    """Every rule tried, when asked for (``explain``)."""
-    fallbacks: tuple[str, ...] = ()
-    """Models to try, in order, if ``model`` stays overloaded or unavailable."""
-    action: str = "request"
-    """What the conversation did: ``new``, ``stay``, ``up``, ``down``, ``tool-loop``,
-    ``signature``, ``sticky``, ``turn``; ``request`` when no conversation was considered,
-    ``passthrough`` for an unknown model."""
-    strip: frozenset[str] = frozenset()
-    """Hashes of thinking signatures to remove from the history before sending: another model
-    signed them."""
-    drop: tuple[str, ...] = ()
-    """Request fields to remove before sending: ``thinking`` (a tool loop forced off its model
-    with ``enabled`` thinking cannot show the new model a thinking block of its own; adaptive
-    thinking on a model without it) and ``effort`` (a level the model does not take)."""
-
+__all__ = ["Available", "Decision", "Trace", "Watched", "budget_bound", "decide"]
 
 Available = Callable[[str], bool]
 """Whether a model can take requests now (its circuit is not open)."""
@@ -114,27 +85,15 @@ def decide(
         explain: record every rule tried in ``Decision.trace``.
         bound: one more guard that matches, after the config's (a budget's cap).
     """
-    config = policy.config
-    requested = config.resolve_model(features.requested_model)
-    winner, bounds, trace = _matching(features, policy, explain)
-    if bound is not None:
-        bounds.append(bound)
-    traced = tuple(trace)
-
-    if policy.tier_of(requested) is None and not (winner and winner.names_requested_model):
-        return Decision(requested, None, "passthrough",
-                        "no tier or rule names this model: sent as asked", traced,
-                        action="passthrough")
-
-    if winner is not None and winner.pin:
-        decision = Decision(requested, policy.tier_of(requested), winner.name,
-                            "pinned to the requested model", traced)
-        return _continued(decision, conversation)
-
-    decision = _ruled(features, policy, winner, bounds, requested, needs, traced)
+    ruled = ruling(features, policy, needs, explain=explain, bound=bound)
+    if ruled.kind == "passthrough":
+        return ruled.decision
+    if ruled.kind == "pin":
+        return _continued(ruled.decision, conversation)
+    decision = ruled.decision
     if conversation is not None:
-        decision = _with_conversation(decision, features, policy, winner, bounds, needs,
-                                      conversation, available)
+        decision = _with_conversation(decision, features, policy, ruled.winner, ruled.bounds,
+                                      needs, conversation, available)
     return _adjusted(decision, policy, needs)
 
 
@@ -153,93 +112,8 @@ def _adjusted(decision: Decision, policy: Policy, needs: Needs | None) -> Decisi
                            "take it")
 
 
-def _matching(features: Features, policy: Policy, explain: bool
-              ) -> tuple[Rule | None, list[Rule], list[Trace]]:
-    """Return the winning routing rule, the matching guards (and the winner if it bounds), and
-    the trace."""
-    trace: list[Trace] = []
-    winner: Rule | None = None
-    bounds: list[Rule] = []
-    for rule in policy.rules:
-        if winner is not None and rule.routes:
-            if explain:
-                trace.append(Trace(rule.name, False, rule.condition.describe(), "not tried"))
-            continue
-        matched = rule.condition(features)
-        if matched:
-            if rule.routes:
-                winner = rule
-            if rule.cap or rule.floor:
-                bounds.append(rule)
-        if explain:
-            effect = _effect(rule) if matched else "no match"
-            trace.append(Trace(rule.name, matched, rule.condition.describe(), effect))
-    return winner, bounds, trace
-
-
-def _ruled(features: Features, policy: Policy, winner: Rule | None, bounds: list[Rule],
-           requested: str, needs: Needs | None, trace: tuple[Trace, ...]) -> Decision:
-    """The rules' decision for the request alone: target, bounds, window and capabilities."""
-    config = policy.config
-    if winner is None:
-        name, reason = "default", "no rule matched"
-        target = requested if config.default == "requested" else config.default
-    else:
-        name, reason = winner.name, winner.description or _effect(winner)
-        target = winner.tier or winner.model or requested
-    model = config.resolve_model(target)
-    tier = policy.tier_of(model)
-    if tier is None:
-        return Decision(model, None, name, reason, trace)
-    bounded = _bounded(tier, bounds)
-    fitting = _fitting(config, bounded, features.input_tokens + features.max_tokens)
-    if fitting != tier:
-        reason += f"; {'bounded' if fitting == bounded else 'context'} to {fitting}"
-        model, tier = config.tier_model(fitting), fitting
-    if not _can_serve(policy, model, needs):
-        capable, why = _capable(policy, tier, needs)
-        reason += f"; {why}: moved to {capable}"
-        model, tier = config.tier_model(capable), capable
-    return Decision(model, tier, name, reason, trace,
-                    _fallbacks(policy, tier, model, bounds, features, needs))
-
-
-def _capable(policy: Policy, tier: Tier, needs: Needs | None) -> tuple[Tier, str]:
-    """Return the nearest tier whose model can serve the request (preferring up), and why the
-    given one cannot; the tier itself when it can (or when none can: the upstream decides)."""
-    if needs is None:
-        return tier, ""
-    config = policy.config
-    why = unmet_limit(config.tier_model(tier), policy.caps_of(config.tier_model(tier)), needs,
-                      policy.model_betas)
-    if why is None:
-        return tier, ""
-    rank = TIERS.index(tier)
-    for candidate in (tier, *TIERS[rank + 1:], *reversed(TIERS[:rank])):
-        model = config.tier_model(candidate)
-        if unmet_limit(model, policy.caps_of(model), needs, policy.model_betas) is None:
-            return candidate, why
-    return tier, why
-
-
-def _can_serve(policy: Policy, model: str, needs: Needs | None) -> bool:
-    return needs is None or unmet_limit(model, policy.caps_of(model), needs,
-                                        policy.model_betas) is None
-
-
-def _fallbacks(policy: Policy, tier: Tier, model: str, bounds: list[Rule], features: Features,
-               needs: Needs | None) -> tuple[str, ...]:
-    config = policy.config
-    needed = features.input_tokens + features.max_tokens
-    return tuple(
-        config.tier_model(t) for t in config.tiers[tier].fallbacks
-        if _bounded(t, bounds) == t and config.tiers[t].context_window >= needed
-        and config.tier_model(t) != model and _can_serve(policy, config.tier_model(t), needs)
-    )
-
-
 def _with_conversation(ruled: Decision, features: Features, policy: Policy,
-                       winner: Rule | None, bounds: list[Rule], needs: Needs | None,
+                       winner: Rule | None, bounds: Bounds, needs: Needs | None,
                        conversation: Conversation, available: Available) -> Decision:
     """Apply the conversation's continuity to the rules' decision."""
     config = policy.config
@@ -251,10 +125,10 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
         # signer (the conversation began elsewhere, or before this proxy kept state).
         current = config.resolve_model(features.requested_model)
     conversation = _assuming(conversation, current)
-    usable = current is not None and available(current) and _can_serve(policy, current, needs)
+    usable = current is not None and available(current) and can_serve(policy, current, needs)
     here = policy.tier_of(current) if current is not None else None
-    own = (_fallbacks(policy, here, current, bounds, features, needs)
-           if here is not None and current is not None else ())
+    # The current model's own fallbacks, for when it stays against the rules.
+    own = (bounds, features, needs)
 
     if history.in_tool_loop:
         if current is None:
@@ -272,7 +146,7 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
     floor, why = _start_floor(features, conversation, policy)
     target = ruled
     if (floor is not None and ruled.tier is not None
-            and TIERS.index(ruled.tier) < TIERS.index(floor)):
+            and RANKS[ruled.tier] < RANKS[floor]):
         lifted = _ruled_to(policy, floor, ruled, bounds, features, needs)
         target = _replace(lifted, reason=f"{ruled.reason}; {why}: starts at {floor} or above")
 
@@ -286,9 +160,9 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
     if affinity == "sticky":
         return _staying(target, policy, current, "sticky", "the conversation keeps its first "
                         "model", conversation, own)
-    if here is None or target.tier is None or _bounded(here, bounds) != here:
+    if here is None or target.tier is None or bounds.of(here) != here:
         return _continued(target, conversation, action="turn")
-    up, down = TIERS.index(target.tier), TIERS.index(here)
+    up, down = RANKS[target.tier], RANKS[here]
     if up > down:
         best = _cheapest_warm(policy, target, bounds, features, needs, conversation, available)
         note = f"moved up from {current}: the rules ask for {target.tier}"
@@ -315,18 +189,18 @@ def _with_conversation(ruled: Decision, features: Features, policy: Policy,
                     conversation, own)
 
 
-def _cheapest_warm(policy: Policy, target: Decision, bounds: list[Rule], features: Features,
+def _cheapest_warm(policy: Policy, target: Decision, bounds: Bounds, features: Features,
                    needs: Needs | None, conversation: Conversation, available: Available
                    ) -> Decision:
     """Among the tiers at or above ``target``'s that may serve the turn, the one whose next
     turn costs least: a higher model whose cache is warm can beat a cold one the rules name."""
     assert target.tier is not None
     best, best_cost = target, None
-    for tier in TIERS[TIERS.index(target.tier):]:
+    for tier in TIERS[RANKS[target.tier]:]:
         model = policy.config.tier_model(tier)
         price = policy.price_of(model)
-        if (price is None or _bounded(tier, bounds) != tier or not available(model)
-                or not _can_serve(policy, model, needs)):
+        if (price is None or bounds.of(tier) != tier or not available(model)
+                or not can_serve(policy, model, needs)):
             continue
         cost = turn_cost(conversation, model, price, features.input_tokens)
         if best_cost is None or cost < best_cost:
@@ -348,7 +222,7 @@ def _start_floor(features: Features, conversation: Conversation, policy: Policy
         return None, ""
     if (settings.tool_loop_floor and features.tools > 0
             and features.tool_choice not in ("tool", "none")):
-        floor = min(settings.tool_loop_floor, requested, key=TIERS.index)
+        floor = min(settings.tool_loop_floor, requested, key=RANKS.__getitem__)
         return floor, "it may start a tool loop, which never changes model"
     if (settings.large_prefix_tokens and conversation.state is None and conversation.caching
             and features.input_tokens >= settings.large_prefix_tokens):
@@ -365,26 +239,32 @@ def _assuming(conversation: Conversation, signer: str | None) -> Conversation:
     return dataclasses.replace(conversation, owners=owners)
 
 
-def _ruled_to(policy: Policy, tier: Tier, ruled: Decision, bounds: list[Rule],
+def _ruled_to(policy: Policy, tier: Tier, ruled: Decision, bounds: Bounds,
               features: Features, needs: Needs | None) -> Decision:
-    capable, _ = _capable(policy, tier, needs)
+    capable, _ = capable_tier(policy, tier, needs)
     model = policy.config.tier_model(capable)
     return _replace(ruled, model=model, tier=capable,
-                    fallbacks=_fallbacks(policy, capable, model, bounds, features, needs))
+                    fallbacks=fallbacks_of(policy, capable, model, bounds, features, needs))
 
 
 def _staying(ruled: Decision, policy: Policy, model: str, action: str, why: str,
-             conversation: Conversation, own: tuple[str, ...]) -> Decision:
-    """The conversation keeps ``model`` (whose own fallbacks are ``own``): the rules' view stays
-    in the reason, for ``explain``."""
+             conversation: Conversation, own: tuple[Bounds, Features, Needs | None]
+             ) -> Decision:
+    """The conversation keeps ``model`` (whose own fallbacks ``own`` gives: the bounds, the
+    features and the needs): the rules' view stays in the reason, for ``explain``."""
     same = model == ruled.model
     reason = why if same else f"{why} (the rules alone say {ruled.model}: {ruled.reason})"
+    tier = policy.tier_of(model)
     # A model bound by thinking signatures cannot fall back: another model would refuse them.
-    signed = bool(conversation.history.signatures)
-    fallbacks = () if signed else (ruled.fallbacks if same else own)
+    if conversation.history.signatures:
+        fallbacks: tuple[str, ...] = ()
+    elif same:
+        fallbacks = ruled.fallbacks
+    else:
+        fallbacks = fallbacks_of(policy, tier, model, *own) if tier is not None else ()
     # When the rules agree, they decided; the conversation only explains a difference.
     rule = ruled.rule if same else "conversation"
-    return Decision(model, policy.tier_of(model), rule, reason, ruled.trace,
+    return Decision(model, tier, rule, reason, ruled.trace,
                     fallbacks, action=action, strip=conversation.foreign(model))
 
 
@@ -402,35 +282,3 @@ def _continued(decision: Decision, conversation: Conversation | None, *, action:
 
 def _replace(decision: Decision, **changes: object) -> Decision:
     return dataclasses.replace(decision, **changes)  # type: ignore[arg-type]
-
-
-def _effect(rule: Rule) -> str:
-    if rule.pin:
-        return "pin the requested model"
-    parts = []
-    if rule.tier or rule.model:
-        parts.append(f"route to {rule.tier or rule.model}")
-    if rule.floor:
-        parts.append(f"floor {rule.floor}")
-    if rule.cap:
-        parts.append(f"cap {rule.cap}")
-    return ", ".join(parts)
-
-
-def _bounded(tier: Tier, bounds: list[Rule]) -> Tier:
-    rank = TIERS.index(tier)
-    floors = [TIERS.index(r.floor) for r in bounds if r.floor]
-    caps = [TIERS.index(r.cap) for r in bounds if r.cap]
-    if floors:
-        rank = max(rank, max(floors))
-    if caps:
-        rank = min(rank, min(caps))
-    return TIERS[rank]
-
-
-def _fitting(config: Config, tier: Tier, needed_tokens: int) -> Tier:
-    """Return ``tier``, or the first tier above it whose window holds ``needed_tokens``."""
-    for candidate in TIERS[TIERS.index(tier):]:
-        if config.tiers[candidate].context_window >= needed_tokens:
-            return candidate
-    return max(TIERS, key=lambda t: config.tiers[t].context_window)

@@ -319,6 +319,9 @@ class Policy:
     _tiers: dict[str, Tier | None] = field(default_factory=dict, compare=False, repr=False)
     _caps: dict[str, ModelConfig] = field(default_factory=dict, compare=False, repr=False)
     _prices: dict[str, ModelPrice] = field(default_factory=dict, compare=False, repr=False)
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """What other modules derive from the policy once, by their own key (the rules' decisions
+    by what they read: :mod:`router.routing.ruling`)."""
     model_betas: frozenset[str] = frozenset()
     """Every beta some model lists as model-specific (``models.*.betas``)."""
     shadow: Policy | None = None
