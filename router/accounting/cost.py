@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+import msgspec
+
 from router.config import ModelPrice, PricingConfig
 from router.wire import Usage
 
@@ -16,9 +18,9 @@ MILLION = Decimal(1_000_000)
 ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    """Billable quantities of one answer, split the way they are priced."""
+class Tokens(msgspec.Struct, frozen=True):
+    """Billable quantities of one answer, split the way they are priced (a Struct: the ledger
+    decodes a million of them for ``router simulate``, three times faster than a dataclass)."""
 
     input: int = 0
     output: int = 0
@@ -132,7 +134,8 @@ class PriceTable:
         rates = self._rates.get(model)
         if rates is None:
             return None
-        return self.cost_of_tokens(rates, tokens_of(usage), usage)
+        return self.cost_of_tokens(rates, tokens_of(usage), usage.inference_geo,
+                                   usage.service_tier)
 
     def cost_of(self, model: str, tokens: Tokens, *, inference_geo: str | None = None,
                 service_tier: str | None = None) -> Decimal | None:
@@ -141,29 +144,27 @@ class PriceTable:
         rates = self._rates.get(model)
         if rates is None:
             return None
-        return self.cost_of_tokens(rates, tokens, Usage(inference_geo=inference_geo,
-                                                        service_tier=service_tier))
+        return self.cost_of_tokens(rates, tokens, inference_geo, service_tier)
 
-    def cost_of_tokens(self, rates: Rates, t: Tokens, usage: Usage | None = None) -> Decimal:
-        """Return the USD cost of billable quantities at ``rates`` (``usage`` is read only for
-        its ``inference_geo`` and ``service_tier``)."""
-        input_rate, output_rate = rates.input, rates.output
-        scale = Decimal(1)
+    def cost_of_tokens(self, rates: Rates, t: Tokens, inference_geo: str | None = None,
+                       service_tier: str | None = None) -> Decimal:
+        """Return the USD cost of billable quantities at ``rates``, with the usage's
+        ``inference_geo`` and ``service_tier`` as the API reported them."""
         if rates.long_threshold is not None and t.input_side > rates.long_threshold:
             # The long-context premium re-prices the whole request; cache rates keep their ratio.
             scale = rates.long_input / rates.input if rates.input else Decimal(1)
-            input_rate, output_rate = rates.long_input, rates.long_output
-        micro = (
-            t.input * input_rate
-            + t.output * output_rate
-            + t.cache_read * rates.cache_read * scale
-            + t.cache_write_5m * rates.cache_write_5m * scale
-            + t.cache_write_1h * rates.cache_write_1h * scale
-        )
+            micro = (t.input * rates.long_input + t.output * rates.long_output
+                     + t.cache_read * rates.cache_read * scale
+                     + t.cache_write_5m * rates.cache_write_5m * scale
+                     + t.cache_write_1h * rates.cache_write_1h * scale)
+        else:
+            # (Multiplying by a scale of 1 changes neither the value nor its exponent.)
+            micro = (t.input * rates.input + t.output * rates.output
+                     + t.cache_read * rates.cache_read + t.cache_write_5m * rates.cache_write_5m
+                     + t.cache_write_1h * rates.cache_write_1h)
         usd = micro / MILLION
-        if usage is not None:
-            if rates.geo_multiplier and usage.inference_geo in self._geo:
-                usd *= self._geo[usage.inference_geo]
-            if usage.service_tier == "batch":
-                usd *= self._batch
+        if rates.geo_multiplier and inference_geo in self._geo:
+            usd *= self._geo[inference_geo]
+        if service_tier == "batch":
+            usd *= self._batch
         return usd + t.web_searches * self._search

@@ -322,7 +322,7 @@ def flat(entry: Entry) -> dict[str, Any]:
     return row
 
 
-_USAGE_COLUMNS = [f.name for f in dataclasses.fields(Tokens)]
+_USAGE_COLUMNS = list(Tokens.__struct_fields__)
 _ENTRY_COLUMNS = [name for name in Entry.__struct_fields__
                   if name not in ("features", "conversation", "usage")]
 

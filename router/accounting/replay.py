@@ -102,6 +102,7 @@ class Replay:
         self._requested_tiers: dict[str, str] = {}
         self._histories: dict[tuple[bool, int, int], History] = {}
         self._shared: OrderedDict[str, _Shared] = OrderedDict()
+        self._needs_seen: dict[tuple[Any, ...], Needs] = {}
 
     def step(self, entry: Entry) -> Step | None:
         """Decide one record again; None when it never reached routing (a bad request, the
@@ -113,10 +114,7 @@ class Replay:
         seen = entry.conversation
         track = self._track(seen)
         conversation = self._conversation(entry, seen, track)
-        needs = Needs(tokens=features.input_tokens + features.max_tokens,
-                      max_tokens=features.max_tokens, thinking=entry.thinking,
-                      effort=features.effort,
-                      betas=frozenset(entry.betas) if entry.betas else _NO_BETAS)
+        needs = self._needs(entry, features)
         down = entry.unavailable
         available = (lambda m: m not in down) if down else _always
         decision = decide(features, self.policy, needs=needs, conversation=conversation,
@@ -127,21 +125,24 @@ class Replay:
                             available=available, bound=budget_bound(entry.budget_cap, "budget"))
             if capped.model != decision.model:
                 decision = dataclasses.replace(capped, rule="budget")
-        source = entry.priced_model
+        source = entry.answered_by or entry.model
         # The same choice meets the same fate: a recorded fallback happens again.
         target = source if decision.model == entry.model else decision.model
         usage = entry.usage
         if seen is not None and track is not None and conversation is not None:
-            live, state = seen.state, conversation.state
+            live, state, now = seen.state, conversation.state, seen.now
             shared = self._shared_of(entry.caller or "")
-            warm = (_warm(live, source, seen.now), _warm(state, target, seen.now),
-                    self._shared_warm(entry, shared.live, source, shared, seen.now),
-                    self._shared_warm(entry, shared.candidate, target, shared, seen.now))
-            if target != source or state is not live or warm[2] != warm[3]:
+            shared_live = self._shared_warm(entry, shared.live, source, shared, now)
+            shared_candidate = self._shared_warm(entry, shared.candidate, target, shared, now)
+            if target != source or state is not live or shared_live != shared_candidate:
                 lasting = any(c.ttl > 300 for c in (state.caches.values() if state else ()))
-                usage = self.repriced(entry, source, target, *warm, lasting=lasting)
-            self._remember(entry, features, track, state, target, target != source, usage)
-            self._share(entry, shared, source, target, usage)
+                usage = self.repriced(entry, source, target, _warm(live, source, now),
+                                      _warm(state, target, now), shared_live, shared_candidate,
+                                      lasting=lasting)
+            if entry.status == 200 and entry.answered_by is not None:
+                self._remember(entry, features, track, state, target, target != source, usage)
+                if usage.cached or entry.usage.cached:
+                    self._share(entry, shared, source, target, usage)
         elif target != source:
             usage = self.repriced(entry, source, target, 0, 0, 0, 0)
         cost = None
@@ -149,6 +150,20 @@ class Replay:
             cost = self.prices.cost_of(target, usage, inference_geo=entry.inference_geo,
                                        service_tier=entry.service_tier)
         return Step(entry, decision, target, usage, cost)
+
+    def _needs(self, entry: Entry, features: Features) -> Needs:
+        """What the recorded request asked of a model (the same few, over and over: kept)."""
+        key = (features.input_tokens + features.max_tokens, features.max_tokens, entry.thinking,
+               features.effort, entry.betas)
+        needs = self._needs_seen.get(key)
+        if needs is None:
+            if len(self._needs_seen) >= 4096:
+                self._needs_seen.clear()
+            needs = self._needs_seen[key] = Needs(
+                tokens=key[0], max_tokens=key[1], thinking=entry.thinking,
+                effort=features.effort,
+                betas=frozenset(entry.betas) if entry.betas else _NO_BETAS)
+        return needs
 
     # -- features
 
@@ -242,8 +257,9 @@ class Replay:
     def _remember(self, entry: Entry, features: Features, track: _Track,
                   state: ConversationState | None, model: str | None, moved: bool,
                   usage: Tokens) -> None:
-        """Keep the candidate's state after its answer, as the pipeline saves the live one."""
-        if entry.status != 200 or entry.answered_by is None or model is None:
+        """Keep the candidate's state after its answer (a 200), as the pipeline saves the live
+        one."""
+        if model is None:
             return
         track.diverged = track.diverged or moved
         if not track.diverged:
@@ -276,11 +292,9 @@ class Replay:
     def _share(self, entry: Entry, shared: _Shared, source: str | None, target: str | None,
                usage: Tokens) -> None:
         """Learn the caller's shared prefix from a first turn's reads, and note where the
-        recorded answer and the candidate's cached a prefix (which holds the shared one)."""
+        recorded answer (a 200) and the candidate's cached a prefix (which holds the shared
+        one)."""
         recorded = entry.usage
-        if (entry.status != 200 or entry.answered_by is None
-                or not (recorded.cached or usage.cached)):
-            return
         seen = entry.conversation
         if seen is not None and seen.state is None and recorded.cache_read and source:
             shared.size = recorded.cache_read / self.factor(entry, source)

@@ -12,16 +12,16 @@ upstream knows better.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from router.config import ModelConfig
 from router.routing.features import Features
 from router.wire import Block
 
 
-@dataclass(frozen=True, slots=True)
-class Needs:
-    """What a request asks of the model that serves it."""
+class Needs(msgspec.Struct, frozen=True, kw_only=True):
+    """What a request asks of the model that serves it (a Struct: built for every request, and
+    for every record ``router simulate`` replays, five times faster than a frozen dataclass)."""
 
     tokens: int
     """Input tokens (estimated) plus ``max_tokens``."""

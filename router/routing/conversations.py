@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -207,15 +207,15 @@ def state_after(state: ConversationState | None, model: str, *, now: float, cach
                              now, signers, estimate, uncached + cache_read + cache_written)
 
 
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    """One request's view of its conversation, loaded from the store by the pipeline."""
+class Conversation(msgspec.Struct, frozen=True):
+    """One request's view of its conversation, loaded from the store by the pipeline (a
+    Struct: built for every request, and for every record ``router simulate`` replays)."""
 
     id: str
     caller: str
     history: History
     state: ConversationState | None
-    owners: Mapping[str, str] = field(default_factory=dict)
+    owners: Mapping[str, str] = msgspec.field(default_factory=dict)
     """Known signers: signature hash -> model."""
     now: float = 0.0
     caching: bool = False

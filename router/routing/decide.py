@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import msgspec
+
 from router.config import TIERS, Tier
 from router.routing.capabilities import Needs, dropped_for
 from router.routing.conversations import Conversation, payback, turn_cost
@@ -236,7 +238,7 @@ def _assuming(conversation: Conversation, signer: str | None) -> Conversation:
     if signer is None or not unknown:
         return conversation
     owners = {**conversation.owners, **dict.fromkeys(unknown, signer)}
-    return dataclasses.replace(conversation, owners=owners)
+    return msgspec.structs.replace(conversation, owners=owners)
 
 
 def _ruled_to(policy: Policy, tier: Tier, ruled: Decision, bounds: Bounds,
