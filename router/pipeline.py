@@ -16,6 +16,8 @@ from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from router.accounting.account import Books, Record, account
 from router.accounting.metrics import Metrics
 from router.answer_headers import routing_headers
@@ -383,7 +385,8 @@ async def _reserved(state: RouterState, policy: Policy, identity: Identity, pars
         metrics.bound(metrics.budget_actions, team, "warned").inc()
         return routed, ticket
     metrics.bound(metrics.budget_actions, team, "downgraded").inc()
-    capped = dataclasses.replace(capped, rule="budget", reason=f"{capped.reason}; {ticket.note}")
+    capped = msgspec.structs.replace(capped, rule="budget",
+                                     reason=f"{capped.reason}; {ticket.note}")
     return dataclasses.replace(routed, decision=capped, budget_cap=ticket.cap), ticket
 
 

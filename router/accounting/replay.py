@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from router.accounting.cost import PriceTable, Tokens
 from router.accounting.entry import ConversationSeen, Entry
 from router.config import TIERS
@@ -33,8 +35,7 @@ WHO = ("app", "user_agent", "user_id", "session_id", "request_class", "agent_id"
 """Features that come from headers: kept as recorded when a stored body is classified again."""
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(msgspec.Struct, frozen=True):
     """One recorded request, decided again by the candidate."""
 
     entry: Entry
@@ -124,7 +125,7 @@ class Replay:
             capped = decide(features, self.policy, needs=needs, conversation=conversation,
                             available=available, bound=budget_bound(entry.budget_cap, "budget"))
             if capped.model != decision.model:
-                decision = dataclasses.replace(capped, rule="budget")
+                decision = msgspec.structs.replace(capped, rule="budget")
         source = entry.answered_by or entry.model
         # The same choice meets the same fate: a recorded fallback happens again.
         target = source if decision.model == entry.model else decision.model

@@ -155,13 +155,6 @@ class Report:
         mixes[0][before] += 1
         mixes[1][after] += 1
 
-    def seen(self, entry: Entry) -> None:
-        """Note a record's time (every record, routed or not)."""
-        if self.first is None or entry.ts < self.first:
-            self.first = entry.ts
-        if self.last is None or entry.ts > self.last:
-            self.last = entry.ts
-
     def merge(self, other: Report) -> None:
         """Add the report of another part of the same traffic (other conversations)."""
         for key, tally in other.cells.items():
@@ -252,14 +245,20 @@ def simulate(entries: Iterable[Entry], policy: Policy, *, reclassify: bool = Tru
     """Replay records (oldest first) through ``policy`` and tally the difference."""
     replay = Replay(policy, reclassify=reclassify)
     report = Report(policy.loaded.source, policy.loaded.sha256)
-    step, add, seen = replay.step, report.add, report.seen
+    step, add = replay.step, report.add
+    first = last = None
     for entry in entries:
-        seen(entry)
+        ts = entry.ts
+        if first is None or ts < first:
+            first = ts
+        if last is None or ts > last:
+            last = ts
         decided = step(entry)
         if decided is None:
             report.not_routed += 1
         else:
             add(decided)
+    report.first, report.last = first, last
     return report
 
 

@@ -233,12 +233,17 @@ class Conversation(msgspec.Struct, frozen=True):
     def foreign(self, model: str, assumed: str | None = None) -> frozenset[str]:
         """Hashes of the signatures in the history that ``model`` did not write; those nobody
         recorded count as ``assumed``'s (the likeliest signer), or as foreign without one."""
+        if not self.history.signatures:
+            return _NO_SIGNATURES
         return frozenset(h for h in self.history.signatures
                          if self.owners.get(h, assumed) != model)
 
     def unknown_signatures(self) -> bool:
         """Whether the history carries thinking whose signer nobody recorded."""
         return any(h not in self.owners for h in self.history.signatures)
+
+
+_NO_SIGNATURES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

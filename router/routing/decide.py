@@ -15,7 +15,6 @@ Pure: no I/O, no clock. The order of precedence, highest first:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import msgspec
@@ -278,9 +277,10 @@ def _continued(decision: Decision, conversation: Conversation | None, *, action:
     strip = conversation.foreign(decision.model)
     reason = f"{decision.reason}; {note}" if note else decision.reason
     signed = bool(conversation.history.signatures) and not strip
-    return _replace(decision, reason=reason, action=action, strip=strip,
-                    fallbacks=() if signed else decision.fallbacks)
+    # Built whole rather than by dataclasses.replace: once per request, at a third of the cost.
+    return Decision(decision.model, decision.tier, decision.rule, reason, decision.trace,
+                    () if signed else decision.fallbacks, action, strip, decision.drop)
 
 
 def _replace(decision: Decision, **changes: object) -> Decision:
-    return dataclasses.replace(decision, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(decision, **changes)
