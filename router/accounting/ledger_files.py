@@ -14,7 +14,6 @@ oldest ones while the file is over ``max_mb``, and the freed pages are returned 
 
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
 import hashlib
@@ -217,10 +216,12 @@ class LedgerFiles:
 # --------------------------------------------------------------------------- reading
 
 
-FeatureRow = collections.namedtuple("FeatureRow", feature_names())  # type: ignore[misc]
-"""The request's features as a named tuple of :class:`Features`' fields, read by name like
-the dataclass: what ``router simulate`` reads a million of, built in a tenth of the time the
-frozen dataclass takes (0.3 µs against 8)."""
+FeatureRow = msgspec.defstruct(
+    "FeatureRow", [(n, t) for n, t in typing.get_type_hints(Features).items()],
+    array_like=True, frozen=True, gc=False)
+"""The request's features as a Struct of :class:`Features`' fields, read by name like the
+dataclass, and decoded straight from the stored array: what ``router simulate`` reads a million
+of, built in a twentieth of the time the frozen dataclass takes."""
 
 _ZERO = {int: 0, float: 0.0, str: "", bool: False}
 
@@ -242,7 +243,7 @@ class Reader:
         """Like :meth:`entries`, faster: each record's ``features`` is a :data:`FeatureRow`,
         which reads like :class:`Features` (what :mod:`router.accounting.simulate` needs).
         ``part=(k, n)``: only the k-th of n shares, each holding whole conversations."""
-        return self._read(since, until, FeatureRow._make, part)
+        return self._read(since, until, _feature_row, part)
 
     def _read(self, since: float | None, until: float | None,
               make: Callable[[tuple[Any, ...]], Any],
@@ -284,6 +285,10 @@ class Reader:
             db.close()
 
 
+def _feature_row(values: tuple[Any, ...]) -> Any:
+    return FeatureRow(*values)
+
+
 def _feature_reader(names: Sequence[str], make: Callable[[tuple[Any, ...]], Any]
                     ) -> Callable[[bytes], Any]:
     """A function from a stored feature array (recorded under ``names``) to ``make`` of the
@@ -293,6 +298,8 @@ def _feature_reader(names: Sequence[str], make: Callable[[tuple[Any, ...]], Any]
         tuple.__class_getitem__(tuple(hints.get(n, Any) for n in names)))
     current = feature_names()
     if list(names) == list(current):
+        if make is _feature_row:
+            return msgspec.msgpack.Decoder(FeatureRow).decode
         return lambda packed: make(decoder.decode(packed))
     index = {name: i for i, name in enumerate(names)}
     zeros = {n: _ZERO.get(hints[n], ()) for n in current}

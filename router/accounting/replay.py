@@ -188,8 +188,8 @@ class Replay:
             changes["requested_tier"] = tier
         if not changes:
             return features
-        if isinstance(features, tuple):  # a FeatureRow, as router simulate reads them
-            return features._replace(**changes)
+        if isinstance(features, msgspec.Struct):  # a FeatureRow, as router simulate reads them
+            return msgspec.structs.replace(features, **changes)
         return dataclasses.replace(features, **changes)
 
     def _classified(self, entry: Entry, recorded: Features) -> Features:
@@ -300,11 +300,23 @@ class Replay:
         if seen is not None and seen.state is None and recorded.cache_read and source:
             shared.size = recorded.cache_read / self.factor(entry, source)
         done = entry.ts + entry.latency_ms / 1000
-        for warm, model, used in ((shared.live, source, recorded), (shared.candidate, target,
-                                                                    usage)):
-            if model is not None and used.cached:
-                ttl = 3600.0 if used.cache_write_1h else 300.0
-                warm[model] = (done + ttl, used.cached / self.factor(entry, model))
+        live = self._cached(entry, source, recorded, done)
+        if live is not None and source is not None:
+            shared.live[source] = live
+        # The candidate's answer where the recorded one went is the recorded one.
+        same = source == target and usage is recorded
+        candidate = live if same else self._cached(entry, target, usage, done)
+        if candidate is not None and target is not None:
+            shared.candidate[target] = candidate
+
+    def _cached(self, entry: Entry, model: str | None, used: Tokens, done: float
+                ) -> tuple[float, float] | None:
+        """(When it cools, estimated tokens) of the prefix an answer on ``model`` cached."""
+        cached = used.cached
+        if model is None or not cached:
+            return None
+        ttl = 3600.0 if used.cache_write_1h else 300.0
+        return done + ttl, cached / self.factor(entry, model)
 
     # -- repricing
 
