@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -151,65 +151,88 @@ def entry_of(record: Record, cost: Decimal | None, counterfactual: Decimal | Non
     outcome = record.outcome
     decision = record.decision
     routed = record.routed
-    usage = Tokens()
-    answered = None
-    fields: dict[str, Any] = {}
+    # Built with one call and no intermediate dicts: this runs for every request.
+    answered = upstream = service_tier = geo = first_token = None
+    usage, attempts = _NO_USAGE, 0
+    retries: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    stream = signed = False
+    error_type = record.error_type
     if outcome is not None:
         answered = outcome.model
-        usage = tokens_of(outcome.usage)
-        fields.update(
-            service_tier=outcome.usage.service_tier,
-            inference_geo=outcome.usage.inference_geo,
-            attempts=outcome.attempts,
-            retries=tuple(reason for _, reason in outcome.retries),
-            fallbacks=tuple(f"{a}->{b}" for a, b in outcome.fallbacks),
-            stream=outcome.stream,
-            signed=bool(outcome.signatures),
-            upstream_request_id=outcome.upstream_request_id,
-            error_type=record.error_type or outcome.error_type,
-        )
+        reported = outcome.usage
+        usage = tokens_of(reported)
+        service_tier, geo = reported.service_tier, reported.inference_geo
+        attempts, stream, signed = outcome.attempts, outcome.stream, bool(outcome.signatures)
+        if outcome.retries:
+            retries = tuple(reason for _, reason in outcome.retries)
+        if outcome.fallbacks:
+            fallbacks = tuple(f"{a}->{b}" for a, b in outcome.fallbacks)
+        upstream = outcome.upstream_request_id
+        error_type = error_type or outcome.error_type
         wait = first_token_wait(record, outcome)
         if wait is not None:
-            fields["first_token_ms"] = round(wait * 1000, 3)
-    else:
-        fields["error_type"] = record.error_type
-    if decision is not None:
-        fields.update(rule=decision.rule, tier=decision.tier, model=decision.model,
-                      action=decision.action, reason=decision.reason,
-                      planned_fallbacks=decision.fallbacks)
+            first_token = round(wait * 1000, 3)
+    features = thresholds = budget_cap = seen = None
+    thinking, estimated = "none", 0
+    betas: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()
+    factors: dict[str, float] = {}
     if routed is not None:
         needs = routed.needs
-        models = dict.fromkeys(context.priors)
-        if answered:
-            models[answered] = None
-        fields.update(
-            features=routed.features,
-            thresholds=context.thresholds,
-            thinking=needs.thinking if needs else "none",
-            betas=tuple(sorted(needs.betas)) if needs else (),
-            unavailable=routed.unavailable,
-            budget_cap=routed.budget_cap,
-            conversation=_seen(routed),
-            estimated_tokens=routed.estimate.tokens,
-            factors={m: learner.factor(m, context.priors.get(m, 1.0)) for m in models},
-        )
-    if record.body is not None and context.store_bodies:
-        fields["body"] = record.body.decode("utf-8", "replace")
+        if needs is not None:
+            thinking, betas = needs.thinking, tuple(sorted(needs.betas)) if needs.betas else ()
+        features, thresholds = routed.features, context.thresholds
+        unavailable, budget_cap = routed.unavailable, routed.budget_cap
+        seen, estimated = _seen(routed), routed.estimate.tokens
+        priors = context.priors
+        if answered and answered not in priors:
+            priors = {**priors, answered: 1.0}
+        factors = learner.factors(priors)
     return Entry(
         ts=ended_at - record.seconds,
         request_id=record.request_id,
         path=record.path,
         status=record.status,
+        error_type=error_type,
         caller=record.caller,
         team=record.team if record.team != OTHER else None,
         requested_model=record.requested_model,
+        rule=decision.rule if decision else None,
+        tier=decision.tier if decision else None,
+        model=decision.model if decision else None,
+        action=decision.action if decision else None,
+        reason=decision.reason if decision else None,
+        planned_fallbacks=decision.fallbacks if decision else (),
+        features=features,
+        thresholds=thresholds,
+        thinking=thinking,
+        betas=betas,
+        unavailable=unavailable,
+        budget_cap=budget_cap,
+        conversation=seen,
+        estimated_tokens=estimated,
+        factors=factors,
         answered_by=answered,
+        upstream_request_id=upstream,
+        attempts=attempts,
+        retries=retries,
+        fallbacks=fallbacks,
+        stream=stream,
+        signed=signed,
         usage=usage,
+        service_tier=service_tier,
+        inference_geo=geo,
         cost_usd=str(cost) if cost is not None else None,
         counterfactual_usd=str(counterfactual) if counterfactual is not None else None,
         latency_ms=round(record.seconds * 1000, 3),
-        **fields,
+        first_token_ms=first_token,
+        body=(record.body.decode("utf-8", "replace")
+              if record.body is not None and context.store_bodies else None),
     )
+
+
+_NO_USAGE = Tokens()
 
 
 def _seen(routed: Routed) -> ConversationSeen | None:

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -112,6 +113,7 @@ class LedgerFiles:
         self.db = connect(path, create=True)
         self.names = feature_names()
         self.set_id = feature_set_id(self.names)
+        self._values = operator.attrgetter(*self.names)
         self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                         (f"features:{self.set_id}", json.dumps(self.names)))
         self.jsonl = Path(config.jsonl_dir).expanduser() if config.jsonl_dir else None
@@ -141,7 +143,7 @@ class LedgerFiles:
         features = entry.features
         packed = None
         if features is not None:
-            packed = _encoder.encode([getattr(features, n) for n in self.names])
+            packed = _encoder.encode(self._values(features))
             entry = msgspec.structs.replace(entry, features=None)
         return (entry.ts, part_of(entry), self.set_id if packed else None,
                 _encoder.encode(entry), packed)

@@ -96,6 +96,15 @@ class FactorLearner:
         value = found[0] if found is not None else default
         return min(self._high, max(self._low, value))
 
+    def factors(self, defaults: Mapping[str, float]) -> dict[str, float]:
+        """Return :meth:`factor` of each model of ``defaults`` (model -> its default), under
+        one lock: the ledger asks for every tier's on every request."""
+        low, high = self._low, self._high
+        with self._lock:
+            found = [self._state.get(model) for model in defaults]
+        return {model: min(high, max(low, f[0] if f is not None else default))
+                for (model, default), f in zip(defaults.items(), found, strict=True)}
+
     def observations(self, model: str) -> int:
         """Return how many observations of ``model`` shaped its factor."""
         with self._lock:
