@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
+
+from router.routing.capabilities import Needs
 from router.routing.decide import decide
 from router.routing.rules import Policy, parse_policy
+from router.routing.ruling import Reads
 from tests.conftest import config_text, make_features
 from tests.test_conversations import conversation, history, state
 
@@ -111,3 +115,30 @@ def test_explain_traces_every_rule() -> None:
     assert trace["simple"].matched
     assert trace["thinking-may-move"].effect == "not tried"
     assert decide(make_features(), policy()).trace == ()
+
+
+def test_the_rules_decide_alike_from_the_memo_as_afresh() -> None:
+    # The rules' part of a decision is memoised by what it reads, numbers reduced to their place
+    # among the rules' constants and sizes kept only past a window: every request here, decided
+    # by a warm memo, must equal the same request decided afresh (explain bypasses the memo).
+    numeric = policy(POLICY.replace("  - name: hard", "  - name: mid-size\n"
+                                    "    when: {input_tokens: {gt: 1000, lte: 8000}, steps: 3}\n"
+                                    "    tier: opus\n  - name: hard", 1))
+    sizes = [0, 999, 1000, 1001, 7999, 8000, 8001, 63_000, 64_000, 64_001, 190_000, 250_000]
+    cases = []
+    for tokens in sizes:
+        for max_tokens in (100, 64_000, 200_000):
+            for extra in ({}, {"steps": 3}, {"app": "ci"}, {"tools": 2}, {"complexity": "complex"},
+                          {"thinking": "enabled"}, {"requested_model": "claude-opus-4-7"}):
+                cases.append(make_features(input_tokens=tokens, max_tokens=max_tokens, **extra))
+    decided = 0
+    for needs_thinking in ("none", "enabled", "disabled"):
+        for f in cases:
+            decided += 1
+            needs = Needs(tokens=f.input_tokens + f.max_tokens, max_tokens=f.max_tokens,
+                          thinking=needs_thinking, effort="", betas=frozenset())
+            warm = decide(f, numeric, needs=needs)
+            fresh = decide(f, numeric, needs=needs, explain=True)
+            assert msgspec.structs.replace(fresh, trace=()) == warm, (f, needs)
+    remembered = numeric.memo[Reads].memo
+    assert 0 < len(remembered) < decided / 2, "the memo never filled, or seldom hit"
