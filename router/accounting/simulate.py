@@ -105,12 +105,9 @@ class Report:
 
     candidate: str
     sha256: str
-    cells: dict[tuple[int, str], Tally] = field(default_factory=dict)
-    """(UTC day number, the candidate's deciding rule) -> its tally."""
-    moves: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(recorded tier, candidate tier) -> requests, for those that moved."""
-    mixes: dict[int, tuple[Counter[str], Counter[str]]] = field(default_factory=dict)
-    """UTC day number -> requests by tier as recorded, and with the candidate."""
+    cells: dict[tuple[int, str, str, str], Tally] = field(default_factory=dict)
+    """(UTC day number, the candidate's deciding rule, recorded tier, candidate tier) -> its
+    tally: one lookup a request, from which every other figure is summed."""
     not_routed: int = 0
     """Records that never reached routing (bad requests, the model list)."""
     first: float | None = None
@@ -121,15 +118,14 @@ class Report:
     def add(self, step: Step) -> None:
         """Count one decided request."""
         entry = step.entry
-        before, after = entry.tier or OTHER, step.decision.tier or OTHER
-        day = int(entry.ts // DAY)
-        key = (day, step.decision.rule)
+        decision = step.decision
+        before, after = entry.tier or OTHER, decision.tier or OTHER
+        key = (int(entry.ts // DAY), decision.rule, before, after)
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = Tally()
         cell.requests += 1
         if before != after:
-            self.moves[(before, after)] += 1
             rank_before, rank_after = RANKS.get(before), RANKS.get(after)
             if rank_before is not None and rank_after is not None:
                 if rank_after > rank_before:
@@ -141,35 +137,43 @@ class Report:
                         if len(self.far) < FAR_EXAMPLES:
                             self.far.append({"ts": entry.ts, "request_id": entry.request_id,
                                              "from": before, "to": after,
-                                             "rule": step.decision.rule,
-                                             "was_rule": entry.rule})
+                                             "rule": decision.rule, "was_rule": entry.rule})
         recorded, cost = entry.cost_usd, step.cost
         if (recorded is None) != (cost is None):
             cell.unpriced += 1
         elif recorded is not None and cost is not None:
             cell.before += Decimal(recorded)
             cell.after += cost
-        mixes = self.mixes.get(day)
-        if mixes is None:
-            mixes = self.mixes[day] = (Counter(), Counter())
-        mixes[0][before] += 1
-        mixes[1][after] += 1
 
     def merge(self, other: Report) -> None:
         """Add the report of another part of the same traffic (other conversations)."""
         for key, tally in other.cells.items():
             self.cells.setdefault(key, Tally()).merge(tally)
-        self.moves.update(other.moves)
-        for day, (before, after) in other.mixes.items():
-            mine = self.mixes.setdefault(day, (Counter(), Counter()))
-            mine[0].update(before)
-            mine[1].update(after)
         self.not_routed += other.not_routed
         for ts in (other.first, other.last):
             if ts is not None:
                 self.first = ts if self.first is None else min(self.first, ts)
                 self.last = ts if self.last is None else max(self.last, ts)
         self.far = sorted([*self.far, *other.far], key=lambda f: f["ts"])[:FAR_EXAMPLES]
+
+    @property
+    def moves(self) -> Counter[tuple[str, str]]:
+        """(recorded tier, candidate tier) -> requests, for those that moved."""
+        moves: Counter[tuple[str, str]] = Counter()
+        for (_, _, before, after), tally in self.cells.items():
+            if before != after:
+                moves[(before, after)] += tally.requests
+        return moves
+
+    @property
+    def mixes(self) -> dict[int, tuple[Counter[str], Counter[str]]]:
+        """UTC day number -> requests by tier as recorded, and with the candidate."""
+        mixes: dict[int, tuple[Counter[str], Counter[str]]] = {}
+        for (day, _, before, after), tally in self.cells.items():
+            mix = mixes.setdefault(day, (Counter(), Counter()))
+            mix[0][before] += tally.requests
+            mix[1][after] += tally.requests
+        return mixes
 
     @property
     def total(self) -> Tally:
@@ -225,8 +229,8 @@ def _summed(tallies: Iterable[Tally]) -> Tally:
     return total
 
 
-def _grouped(cells: Iterable[tuple[tuple[int, str], Tally]],
-             group: Callable[[tuple[int, str]], str]) -> dict[str, Tally]:
+def _grouped(cells: Iterable[tuple[tuple[int, str, str, str], Tally]],
+             group: Callable[[tuple[int, str, str, str]], str]) -> dict[str, Tally]:
     groups: dict[str, Tally] = {}
     for key, tally in cells:
         groups.setdefault(group(key), Tally()).merge(tally)
