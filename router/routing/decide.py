@@ -11,6 +11,8 @@ Pure: no I/O, no clock. The order of precedence, highest first:
 4. The conversation (:mod:`router.routing.conversations`): a tool loop keeps its model, thinking
    goes back to the model that signed it, and at a new user turn the conversation moves up when
    the rules ask for more and down only when it pays (``conversations.affinity``).
+
+Steps 1-3 read no conversation: :mod:`router.routing.ruling` decides them, memoised per policy.
 """
 
 from __future__ import annotations
