@@ -21,7 +21,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -157,6 +157,15 @@ def _wrap(condition: Condition) -> str:
 
 
 ALWAYS: Condition = _All(())
+
+
+def leaf_tests(condition: Condition) -> Iterator[_Test]:
+    """The feature tests a condition is made of, however nested."""
+    if isinstance(condition, _Test):
+        yield condition
+    for part in (condition.parts if isinstance(condition, _All | _Any)
+                 else (condition.part,) if isinstance(condition, _Not) else ()):
+        yield from leaf_tests(part)
 
 
 def compile_condition(spec: Any, kinds: Mapping[str, Kind], where: str = "when") -> Condition:

@@ -24,7 +24,7 @@ import msgspec
 from router.config import TIERS, Config, Tier
 from router.routing.capabilities import Needs, unmet_limit
 from router.routing.features import Features
-from router.routing.rules import Condition, Policy, Rule, _All, _Any, _Not, _Test
+from router.routing.rules import Policy, Rule, leaf_tests
 
 RANKS: dict[str, int] = {tier: rank for rank, tier in enumerate(TIERS)}
 MEMO_SIZE = 4096
@@ -132,7 +132,7 @@ class Reads:
         plain: set[str] = {"requested_model"}
         numbers: dict[str, set[float]] = {}
         for rule in policy.rules:
-            for test in _tests(rule.condition):
+            for test in leaf_tests(rule.condition):
                 if test.kind == "number":
                     values = test.value if isinstance(test.value, tuple) else (test.value,)
                     numbers.setdefault(test.feature, set()).update(values)
@@ -166,18 +166,6 @@ class Reads:
             size = (needed, needs.tokens, needs.max_tokens)
         limits = (needs.thinking, needs.betas) if needs is not None else None
         return self._plain(features), tuple(places), size, limits
-
-
-def _tests(condition: Condition) -> Iterable[_Test]:
-    if isinstance(condition, _Test):
-        yield condition
-    elif isinstance(condition, _All | _Any):
-        for part in condition.parts:
-            yield from _tests(part)
-    elif isinstance(condition, _Not):
-        yield from _tests(condition.part)
-    else:  # pragma: no cover - the four kinds of node are all rules.py compiles
-        raise TypeError(f"unknown condition {condition!r}")
 
 
 def _rule(features: Features, policy: Policy, needs: Needs | None, explain: bool,
