@@ -428,3 +428,43 @@ def test_report_json_and_merge_agree(fake: FakeUpstream, tmp_path: Path) -> None
     for half in halves:
         merged.merge(half)
     assert merged.as_dict() == whole.as_dict()
+
+
+def test_a_ledger_gives_the_same_report_on_any_number_of_cores(tmp_path: Path) -> None:
+    """One caller, two conversations sharing a cached prefix, a candidate that moves one of
+    them: the report does not depend on how many processes replay it (a report that changed
+    with the machine could not be trusted with a budget)."""
+    from router.accounting.cost import Tokens
+    from router.accounting.entry import ConversationSeen
+    from router.accounting.ledger_files import LedgerFiles
+    from router.config import LedgerConfig
+    from tests.conftest import make_features
+
+    candidate = parse_policy(config_text("http://127.0.0.1:9", "default: requested\nrules:\n"
+                                         "  - name: x-to-haiku\n    when: {app: x}\n"
+                                         "    tier: haiku\n"))
+    sonnet = candidate.config.tier_model("sonnet")
+    start = time.time() - 100
+
+    def entry(n: int, conversation: str, usage: Tokens, app: str) -> Entry:
+        ts = start + 10 * n
+        return Entry(ts=ts, request_id=f"req_{n}", path="/v1/messages", status=200,
+                     caller="c1", requested_model=sonnet, rule="default", tier="sonnet",
+                     model=sonnet, action="new", answered_by=sonnet, usage=usage,
+                     features=make_features(input_tokens=2000, max_tokens=100, user_turns=1,
+                                            messages=1, app=app, requested_model=sonnet),
+                     conversation=ConversationSeen(id=conversation, caching=True, now=ts),
+                     cost_usd="0.01", factors={})
+
+    # "conv-a" and "conv-b" fall in different shares.
+    entries = [entry(1, "conv-a", Tokens(input=10, output=50, cache_read=5000,
+                                         cache_write_5m=15000), "x"),
+               entry(2, "conv-b", Tokens(input=10, output=50, cache_read=18000,
+                                         cache_write_5m=2000), "y")]
+    files = LedgerFiles(tmp_path / "ledger.db", LedgerConfig())
+    files.write(entries)
+    files.close()
+    reports = [simulate_ledger(tmp_path / "ledger.db", candidate, workers=n).as_dict()
+               for n in (1, 2, 4)]
+    assert reports[0]["total"]["moved"] == 1
+    assert reports[0] == reports[1] == reports[2]

@@ -266,11 +266,21 @@ def simulate(entries: Iterable[Entry], policy: Policy, *, reclassify: bool = Tru
     return report
 
 
+SHARES = 4
+"""Fixed shares of whole conversations a ledger is replayed in, whatever the machine."""
+
+
 def simulate_ledger(path: Path, policy: Policy, since: float | None = None,
                     workers: int | None = None) -> Report:
-    """Replay a ledger file's records since ``since`` through ``policy``, split by
-    conversation across ``workers`` processes (default: one per core, at most 4); the report
-    is the same as one process gives, sooner.
+    """Replay a ledger file's records since ``since`` through ``policy``, in :data:`SHARES`
+    shares of whole conversations spread over ``workers`` processes (default: one per core,
+    at most :data:`SHARES`).
+
+    Each share is replayed on its own, whatever the number of processes, so the report is the
+    same on any machine. The price of the split: a caller's conversations in different shares
+    do not see each other's shared prefix (a system prompt and tools) warm in the candidate's
+    world, so the first of them in each share pays its write: at most ``SHARES - 1`` extra
+    prefix writes per caller and model over the whole window.
 
     Raises:
         LedgerError: the file cannot be read.
@@ -278,15 +288,16 @@ def simulate_ledger(path: Path, policy: Policy, since: float | None = None,
     from router.accounting.ledger_files import LedgerError, Reader
 
     reader = Reader(path)
-    count = workers or min(os.cpu_count() or 1, 4)
+    count = min(workers or os.cpu_count() or 1, SHARES)
     if count == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return simulate(reader.rows(since), policy)
+        return _simulate_shares(reader, policy, since, range(SHARES))
     context = multiprocessing.get_context("fork")
     parts = []
     for k in range(count):
         receive, send = context.Pipe(duplex=False)
         process = context.Process(target=_simulate_part,
-                                  args=(send, reader, policy, since, (k, count)), daemon=True)
+                                  args=(send, reader, policy, since,
+                                        range(k, SHARES, count)), daemon=True)
         process.start()
         send.close()
         parts.append((process, receive))
@@ -307,12 +318,21 @@ def simulate_ledger(path: Path, policy: Policy, since: float | None = None,
     return report
 
 
+def _simulate_shares(reader: Any, policy: Policy, since: float | None,
+                     shares: Iterable[int]) -> Report:
+    """Replay each of ``shares`` on its own, and the sum of their reports."""
+    report = Report(policy.loaded.source, policy.loaded.sha256)
+    for share in shares:
+        report.merge(simulate(reader.rows(since, part=(share, SHARES)), policy))
+    return report
+
+
 def _simulate_part(send: Any, reader: Any, policy: Policy, since: float | None,
-                   part: tuple[int, int]) -> None:
-    """A forked process's share of :func:`simulate_ledger` (the policy is inherited, not
+                   shares: Iterable[int]) -> None:
+    """A forked process's shares of :func:`simulate_ledger` (the policy is inherited, not
     pickled: its compiled rules are closures)."""
     try:
-        send.send(simulate(reader.rows(since, part=part), policy))
+        send.send(_simulate_shares(reader, policy, since, shares))
     except Exception as err:  # the parent reports it as one line
         send.send(str(err) or type(err).__name__)
     finally:
