@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -17,9 +18,10 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from router.accounting.account import Books
 from router.accounting.ledger import Ledger, ledger_path
-from router.accounting.ledger_files import LedgerFiles
+from router.accounting.ledger_files import LedgerError, LedgerFiles
 from router.accounting.metrics import Metrics, use_multiprocess
 from router.budgets import Budgets
+from router.config import Config
 from router.config_file import ConfigError
 from router.errors import (
     InvalidRequest,
@@ -235,6 +237,22 @@ def steady_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _ledger_files(config: Config) -> LedgerFiles | None:
+    """The ledger's files, or None when it is off or its file cannot be used: the ledger
+    records the traffic for planning, never a reason to refuse serving it (logged, with what
+    to change)."""
+    if not config.ledger.enabled:
+        return None
+    path = ledger_path(config)
+    try:
+        return LedgerFiles(path, config.ledger)
+    except (LedgerError, OSError, sqlite3.Error) as err:
+        logging.getLogger("router.ledger").error(
+            {"event": "ledger_unavailable", "path": str(path), "error": str(err),
+             "fix": "set ledger.dir to a writable directory, or ledger.enabled: false"})
+        return None
+
+
 def create_app(settings: Settings | None = None, policy: Policy | None = None) -> RouterApp:
     """Build the proxy application.
 
@@ -262,9 +280,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
         metrics = Metrics(settings.multiprocess_dir)
         books = Books(metrics, learner, ledger=Ledger(
             metrics, learner, max_pending=config.ledger.max_pending,
-            flush_seconds=config.ledger.flush_seconds,
-            files=LedgerFiles(ledger_path(config), config.ledger) if config.ledger.enabled
-            else None))
+            flush_seconds=config.ledger.flush_seconds, files=_ledger_files(config)))
         books.configure(policy)
 
         def fell_back(backend: str, error: BaseException) -> None:

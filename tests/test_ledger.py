@@ -300,6 +300,23 @@ def test_without_a_ledger_nothing_is_written(fake: FakeUpstream, tmp_path: Path)
     assert not (tmp_path / "state" / "ledger.db").exists()
 
 
+def test_an_unusable_ledger_file_is_logged_and_the_proxy_serves(
+        fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ledger.dir where no directory can be: the proxy still starts and answers, and says in
+    its log which path failed and what to change."""
+    (tmp_path / "a-file").write_text("not a directory")
+    path = config_file(tmp_path, "router.yaml", fake.url)
+    unusable = f"ledger:\n  dir: {tmp_path / 'a-file'}\n"
+    path.write_text(path.read_text().replace("ledger:\n", unusable, 1))
+    with caplog.at_level("ERROR", logger="router.ledger"), running_proxy(load(path)) as url:
+        assert post(url, json.dumps({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [
+            {"role": "user", "content": "hi"}]}).encode())[0] == 200
+    logged = [r.msg for r in caplog.records if isinstance(r.msg, dict)
+              and r.msg.get("event") == "ledger_unavailable"]
+    assert logged and str(tmp_path / "a-file") in logged[0]["path"]
+    assert "ledger.enabled: false" in logged[0]["fix"]
+
+
 # ------------------------------------------------------------------ config
 
 

@@ -75,6 +75,7 @@ class Ledger:
         self._context: Context | None = None
         self._pending: deque[Pending] = deque()
         self._wake = asyncio.Event()
+        self._stopping = False
         self._active = files is not None
 
     def configure(self, policy: Policy) -> None:
@@ -151,7 +152,7 @@ class Ledger:
             metrics.shadow_cost.inc(float(step.cost))
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
             self._wake.clear()
@@ -166,9 +167,11 @@ class Ledger:
         try:
             yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Not cancelled: records a flush has taken off the queue are only in its hands
+            # until it writes them. It finishes, then what is left is flushed.
+            self._stopping = True
+            self._wake.set()
+            await task
             await self.flush()
             if self.files is not None:
                 await asyncio.to_thread(self.files.close)

@@ -224,14 +224,12 @@ class SqliteStore:
         rows = [(key, bytes(value), expires) for key, value in items.items()]
         self._cached()
         before = self._version
-        try:
-            if len(rows) <= CHUNK:
-                self._run(self._fetch, _upsert_sql(len(rows)), [f for row in rows for f in row])
-            else:
-                self._run(self._write_all, rows)
-        except BaseException:
-            self._forget(items)  # written or not, the file now says which
-            raise
+        # Forgotten first: whatever fails from here on, the file says what they hold.
+        self._forget(items)
+        if len(rows) <= CHUNK:
+            self._run(self._fetch, _upsert_sql(len(rows)), [f for row in rows for f in row])
+        else:
+            self._run(self._write_all, rows)
         self._cached()
         if self._version == before:
             # No other commit came between: what we wrote is what the file holds.

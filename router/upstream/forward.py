@@ -131,10 +131,11 @@ class _Run:
             self.last.response.finish(reuse=False)
         self.last = failed
 
-    async def try_model(self, model: str | None, attempts: int, *, probe: bool
-                        ) -> _Answer | None:
+    async def try_model(self, model: str | None, attempts: int, *, probe: bool,
+                        judged: bool = False) -> _Answer | None:
         """Try one model until it answers, its attempts run out, a timeout moves the request
-        on, or the budget is spent; record the request's verdict on the model's circuit."""
+        on, or the budget is spent; record the request's verdict on the model's circuit, unless
+        this request was ``judged`` there already (a circuit counts requests, not attempts)."""
         tier = self.tier_of(model) if model else None
         retry = self.config.retry(tier)
         waits = waits_for(self.config.timeouts(tier), self.call.shape)
@@ -168,7 +169,7 @@ class _Run:
                 return _Answer(model, response, first, waits)
             return None
         finally:
-            if model is not None:
+            if model is not None and not judged:
                 if verdict is not None:
                     if self.breakers.record(model, failed=verdict):
                         self.outcome.breaker_opened.append(model)
@@ -283,12 +284,13 @@ async def forward(
         answer = await run.try_model(primary, 1, probe=False)
     if answer is None and run.attempts == 1 and not run.stopped and run.last is not None \
             and isinstance(run.last.error, UpstreamTimeout) \
-            and (config.retry(tier_of(tried) if tried else None).attempts or 1) > 1:
+            and (config.retry(tier_of(tried) if tried else None).attempts or 1) > 1 \
+            and (run.deadline is None or loop.time() < run.deadline):
         # One model, hung once, nowhere to fall back (pinned, bound by thinking, or the others'
         # circuits open), and retries allowed: one more wait here, then the client is told not
         # to retry. Left to the SDK, its two retries would each wait as long again, and a hung
         # request would outlast any deadline a client can live with.
-        answer = await run.try_model(tried, 1, probe=False)
+        answer = await run.try_model(tried, 1, probe=False, judged=True)
     if answer is not None:
         if run.last is not None and run.last.response is not None:
             run.last.response.finish(reuse=False)
