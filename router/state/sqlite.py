@@ -222,7 +222,8 @@ class SqliteStore:
             return
         expires = self._clock() + ttl_milliseconds(ttl_seconds) / 1000
         rows = [(key, bytes(value), expires) for key, value in items.items()]
-        self._cached()
+        # The version last checked: if it still holds after the write, no other connection
+        # committed since the cache was last known good, the write included.
         before = self._version
         # Forgotten first: whatever fails from here on, the file says what they hold.
         self._forget(items)
