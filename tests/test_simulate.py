@@ -21,13 +21,15 @@ import anthropic
 import pytest
 from click.testing import CliRunner
 
-from router.accounting.entry import Entry
-from router.accounting.ledger_files import Reader
+from router.accounting.cost import Tokens
+from router.accounting.entry import ConversationSeen, Entry
+from router.accounting.ledger_files import LedgerFiles, Reader
 from router.accounting.simulate import Report, simulate, simulate_ledger
 from router.cli import cli
+from router.config import LedgerConfig
 from router.fake import Fail, FakeUpstream, Reply
 from router.routing.rules import Policy, parse_policy
-from tests.conftest import API_KEY, config_text, running_proxy, scrape, total
+from tests.conftest import API_KEY, config_text, make_features, running_proxy, scrape, total
 from tests.test_raw_http import post
 
 FAST = [
@@ -434,12 +436,6 @@ def test_a_ledger_gives_the_same_report_on_any_number_of_cores(tmp_path: Path) -
     """One caller, two conversations sharing a cached prefix, a candidate that moves one of
     them: the report does not depend on how many processes replay it (a report that changed
     with the machine could not be trusted with a budget)."""
-    from router.accounting.cost import Tokens
-    from router.accounting.entry import ConversationSeen
-    from router.accounting.ledger_files import LedgerFiles
-    from router.config import LedgerConfig
-    from tests.conftest import make_features
-
     candidate = parse_policy(config_text("http://127.0.0.1:9", "default: requested\nrules:\n"
                                          "  - name: x-to-haiku\n    when: {app: x}\n"
                                          "    tier: haiku\n"))
