@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgspec
+
 from router.conversation_state import load_conversation
 from router.parse import parse_messages
 from router.pipeline import Routed, RouterState, estimate_tokens, route
@@ -49,7 +51,7 @@ def explanation(routed: Routed, policy: Policy) -> dict[str, Any]:
             {"rule": t.rule, "matched": t.matched, "when": t.condition, "effect": t.effect}
             for t in decision.trace
         ],
-        "features": dataclasses.asdict(routed.features),
+        "features": msgspec.structs.asdict(routed.features),
         "complexity": complexity_explanation(routed.features, policy),
         "estimate": dataclasses.asdict(routed.estimate),
         "config": {"source": policy.loaded.source, "sha256": policy.loaded.sha256},

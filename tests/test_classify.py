@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import typing
 from typing import Any
@@ -15,6 +14,7 @@ from router.routing.classify import classify
 from router.routing.features import Features, feature_docs, feature_names
 from router.routing.task import TaskMemo, read_task
 from router.routing.tokens import TokenCounter
+from tests.conftest import make_features
 
 AGENT_SYSTEM = (
     "You are an autonomous software engineering agent working in the user's repository through "
@@ -268,7 +268,10 @@ def test_features_are_plain_values_with_docstrings() -> None:
     docs = feature_docs()
     assert set(docs) == set(feature_names())
     assert all(docs[name] for name in docs)
-    assert dataclasses.is_dataclass(Features) and "__slots__" in vars(Features)
+    # Immutable: a rule or a later stage cannot change what an earlier one measured.
+    features = make_features()
+    with pytest.raises(AttributeError):
+        features.input_tokens = 1  # type: ignore[misc]
 
 
 def test_classify_is_deterministic(counter: TokenCounter) -> None:

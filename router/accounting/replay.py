@@ -4,7 +4,6 @@ again by a candidate policy, and repriced on the model it would go to (see
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -188,9 +187,8 @@ class Replay:
             changes["requested_tier"] = tier
         if not changes:
             return features
-        if isinstance(features, msgspec.Struct):  # a FeatureRow, as router simulate reads them
-            return msgspec.structs.replace(features, **changes)
-        return dataclasses.replace(features, **changes)
+        # Features, or a FeatureRow as router simulate reads them: both are Structs.
+        return msgspec.structs.replace(features, **changes)
 
     def _classified(self, entry: Entry, recorded: Features) -> Features:
         from router.errors import RouterError
@@ -210,7 +208,7 @@ class Replay:
         fresh = classify(parsed, self._counter.estimate(parsed.request), token_factor=factor,
                          requested_tier=recorded.requested_tier,
                          complexity=self.policy.config.complexity)
-        return dataclasses.replace(fresh, **{name: getattr(recorded, name) for name in WHO})
+        return msgspec.structs.replace(fresh, **{name: getattr(recorded, name) for name in WHO})
 
     # -- conversations
 

@@ -9,17 +9,22 @@ field is a plain scalar or a tuple of strings, so rules can compare it, and so t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Final
+
+import msgspec
 
 from router.attrdocs import attribute_docs
 
 COMPLEXITY_LEVELS: Final = ("simple", "moderate", "complex")
 
 
-@dataclass(frozen=True, slots=True)
-class Features:
-    """What routing rules can test about one request. All fields are plain values."""
+class Features(msgspec.Struct, frozen=True):
+    """What routing rules can test about one request. All fields are plain values.
+
+    A frozen Struct rather than a frozen dataclass: built once per request from 56 values,
+    which a frozen dataclass's ``__init__`` does one ``object.__setattr__`` at a time (~19 µs
+    against ~1 µs).
+    """
 
     # -- size --
     input_tokens: int
@@ -164,7 +169,7 @@ class Features:
 
 def feature_names() -> tuple[str, ...]:
     """Return the names of all :class:`Features` fields, in declaration order."""
-    return tuple(f.name for f in fields(Features))
+    return Features.__struct_fields__
 
 
 def feature_docs() -> Mapping[str, str]:

@@ -65,12 +65,9 @@ class Condition(Protocol):
 
 
 def feature_kinds(features_type: type) -> dict[str, Kind]:
-    """Return each field of a features dataclass with how its values compare."""
+    """Return each field of a features record (a Struct) with how its values compare."""
     hints = typing.get_type_hints(features_type)
-    kinds: dict[str, Kind] = {}
-    for f in dataclasses.fields(features_type):
-        kinds[f.name] = _kind_of(hints[f.name])
-    return kinds
+    return {f.name: _kind_of(hints[f.name]) for f in msgspec.structs.fields(features_type)}
 
 
 def _kind_of(hint: Any) -> Kind:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from router.config import ComplexityConfig
-from router.routing.features import Features
+from router.routing.features import Features, feature_names
 
 SCORER_FILE = "scorer.json"
 _HUGE = 1e300
@@ -185,7 +185,8 @@ def parse_scorer(data: bytes, source: str = SCORER_FILE) -> Scorer:
         spec = msgspec.json.decode(data, type=ScorerFile)
     except msgspec.DecodeError as exc:
         raise ValueError(f"{source}: {exc}") from exc
-    kinds = {f.name: f.type for f in fields(Features)}
+    # The annotations as written (this module's annotations are strings): 'int', 'str', ...
+    kinds = {name: Features.__annotations__[name] for name in feature_names()}
     problems = []
     for i, term in enumerate(spec.terms):
         kind = kinds.get(term.feature)
