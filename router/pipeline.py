@@ -7,7 +7,6 @@ the three proxied endpoints; stages 1-3 are pure and :func:`route` runs them for
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -103,8 +102,7 @@ class RouterState:
         return self.breakers.available(model)
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(msgspec.Struct, frozen=True):
     """The outcome of stages 2-3 for one request."""
 
     features: Features
@@ -387,7 +385,7 @@ async def _reserved(state: RouterState, policy: Policy, identity: Identity, pars
     metrics.bound(metrics.budget_actions, team, "downgraded").inc()
     capped = msgspec.structs.replace(capped, rule="budget",
                                      reason=f"{capped.reason}; {ticket.note}")
-    return dataclasses.replace(routed, decision=capped, budget_cap=ticket.cap), ticket
+    return msgspec.structs.replace(routed, decision=capped, budget_cap=ticket.cap), ticket
 
 
 async def _settle(state: RouterState, ticket: Ticket, cost: Decimal | None,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from router.accounting.cost import PriceTable, Tokens, tokens_of
 from router.accounting.metrics import OTHER, Metrics
 from router.routing.decide import Decision
@@ -24,9 +26,9 @@ if TYPE_CHECKING:
     from router.pipeline import Routed
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One finished request as the account stage sees it."""
+class Record(msgspec.Struct, frozen=True):
+    """One finished request as the account stage sees it (a Struct: built once per request,
+    at a fifth of a frozen dataclass's cost)."""
 
     request_id: str
     method: str
