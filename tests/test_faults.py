@@ -431,9 +431,8 @@ def test_many_clients_through_random_faults(fake: FakeUpstream, start_proxy: Any
     assert state.gate.requests == 0 and state.gate.bytes == 0
 
     def no_leaks() -> bool:
-        connector = state.upstream._session.connector if state.upstream._session else None
-        acquired = len(getattr(connector, "_acquired", ())) if connector else 0
-        return acquired == 0 and proxy.call(tasks_now()) <= baseline
+        in_use, _ = state.upstream.connections()
+        return in_use == 0 and proxy.call(tasks_now()) <= baseline
 
     assert wait_for(no_leaks, 5), "tasks or upstream connections leaked"
 

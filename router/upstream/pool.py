@@ -1,23 +1,22 @@
 """The upstream connection pool, and which headers cross the proxy in each direction.
 
-One pooled aiohttp session per worker (:class:`Upstream`), opened in the app's lifespan. This
-is the only module that knows aiohttp: :class:`UpstreamResponse` hands the rest of the proxy
-status, headers and body chunks, and turns aiohttp's errors into the proxy's own
-(:class:`~router.errors.UpstreamUnavailable`, :class:`~router.errors.UpstreamTimeout`), so
-that forwarding and relaying import without it.
+One pool of keep-alive connections per worker (:class:`Upstream`), opened in the app's
+lifespan, over the lean HTTP/1.1 client of :mod:`router.upstream.http1`. :class:`UpstreamResponse`
+hands the rest of the proxy status, headers and body chunks; every failure on the wire arrives
+as the proxy's own error (:class:`~router.errors.UpstreamUnavailable`,
+:class:`~router.errors.UpstreamTimeout`).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
-import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from multidict import CIMultiDict
 
 from router.config import UpstreamConfig
-from router.errors import UpstreamTimeout, UpstreamUnavailable
+from router.errors import UpstreamUnavailable
+from router.upstream.http1 import Connection, Pool, origin_of
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the client library recomputes.
 _HOP_BY_HOP = frozenset(
@@ -34,35 +33,25 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
-# aiohttp decompresses, and the server frames the body itself.
-_NOT_RELAYED = frozenset(
-    name.encode("latin-1") for name in _HOP_BY_HOP | {"content-length", "content-encoding"})
+# The server frames the body itself.
+_NOT_RELAYED = frozenset(name.encode("latin-1") for name in _HOP_BY_HOP | {"content-length"})
 """As bytes: the answer's raw header names are checked against it, every request."""
-
-
-def _translated(exc: BaseException, message: str) -> UpstreamTimeout | UpstreamUnavailable:
-    """The proxy's error for an aiohttp failure: a timeout, or a lost connection."""
-    if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(message)
-    return UpstreamUnavailable(f"{message}: {type(exc).__name__}")
-
-
-@functools.lru_cache(maxsize=64)
-def _connect_timeout(connect: float | None) -> aiohttp.ClientTimeout:
-    """The session timeout of an attempt: only the connect wait (the caller times the rest);
-    one object per distinct wait, not one per request."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
 class UpstreamResponse:
     """One upstream answer, its status line in hand and its body still to read."""
 
-    __slots__ = ("_response", "headers", "status")
+    __slots__ = ("_body", "_conn", "_pool", "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.status = response.status
-        self.headers: CIMultiDictProxy[str] = response.headers
+    def __init__(self, conn: Connection, pool: Pool) -> None:
+        self._conn = conn
+        self._pool = pool
+        self._body: bytes | None = None
+        self.status = conn.status
+        # Names lower-cased; the first of repeated names wins, as a multidict's get() does.
+        self.headers: Mapping[str, str] = {
+            k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in reversed(conn.raw_headers)}
 
     @property
     def is_stream(self) -> bool:
@@ -74,23 +63,22 @@ class UpstreamResponse:
         """Return the whole body (kept, so a later call returns it again).
 
         Raises:
-            UpstreamUnavailable, UpstreamTimeout: the body broke off.
+            UpstreamUnavailable: the body broke off.
         """
-        try:
-            return await self._response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translated(exc, "upstream broke off its answer") from exc
+        if self._body is None:
+            parts = []
+            while chunk := await self._conn.chunk():
+                parts.append(chunk)
+            self._body = b"".join(parts)
+        return self._body
 
     async def chunk(self) -> bytes:
         """Return the next chunk of the body as it arrived; ``b""`` at its end.
 
         Raises:
-            UpstreamUnavailable, UpstreamTimeout: the body broke off.
+            UpstreamUnavailable: the body broke off.
         """
-        try:
-            return await self._response.content.readany()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translated(exc, "upstream connection lost") from exc
+        return await self._conn.chunk()
 
     def relayed_headers(self, extra: Iterable[tuple[str, str]], *, stream: bool
                         ) -> list[tuple[bytes, bytes]]:
@@ -98,12 +86,14 @@ class UpstreamResponse:
         ``x-should-retry`` of the proxy's), which replace any upstream header of the same name."""
         added = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra]
         replaced = {k for k, _ in added}
+        decoded = self._conn.decoded
         out: list[tuple[bytes, bytes]] = []
-        for name, value in self._response.raw_headers:
+        for name, value in self._conn.raw_headers:
             lname = name.lower()
             if lname in replaced or lname in _NOT_RELAYED:
                 continue
-            if stream and lname == b"cache-control":
+            if (stream and lname == b"cache-control") or (decoded
+                                                           and lname == b"content-encoding"):
                 continue
             out.append((lname, value))
         if stream:
@@ -116,10 +106,7 @@ class UpstreamResponse:
     def finish(self, *, reuse: bool) -> None:
         """Return the connection to the pool (the body was read to its end), or drop it so the
         upstream stops generating."""
-        if reuse:
-            self._response.release()
-        else:
-            self._response.close()
+        self._pool.release(self._conn, reuse=reuse)
 
 
 class Upstream:
@@ -128,43 +115,34 @@ class Upstream:
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         self.base_url = config.base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        self._prefix = urlsplit(self.base_url).path
+        """A base URL's own path (a gateway's ``/anthropic``, say) goes before every request's."""
+        self._pool: Pool | None = None
 
     async def open(self) -> None:
-        """Create the session; call from the app's lifespan, inside the running loop."""
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # Off unless configured: proxies from the environment break TLS for many users.
-            trust_env=self.config.trust_env,
-            skip_auto_headers=("User-Agent", "Content-Type"),
-            auto_decompress=True,
-            # A cookie the upstream sets for one client must not ride along on another's
-            # requests; a jar would also be searched on every request.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        """Create the pool; call from the app's lifespan, inside the running loop.
+
+        Raises:
+            ValueError: the base URL, or a proxy from the environment, is not usable.
+        """
+        # Proxies from the environment only when configured: they break TLS for many users.
+        origin = origin_of(self.base_url, trust_env=self.config.trust_env)
+        self._pool = Pool(origin, self.config.max_connections)
 
     async def close(self) -> None:
         """Close the pool; call from the lifespan's exit."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @property
     def ready(self) -> bool:
         """Whether the pool is open."""
-        return self._session is not None and not self._session.closed
+        return self._pool is not None and not self._pool.closed
 
     def connections(self) -> tuple[int, int]:
         """(in use, idle) connections of the pool, for leak checks."""
-        connector = self._session.connector if self._session is not None else None
-        if not isinstance(connector, aiohttp.BaseConnector):
-            return 0, 0
-        in_use = len(getattr(connector, "_acquired", ()))
-        idle = sum(len(v) for v in getattr(connector, "_conns", {}).values())
-        return in_use, idle
+        return self._pool.counts() if self._pool is not None else (0, 0)
 
     @staticmethod
     def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
@@ -190,15 +168,10 @@ class Upstream:
             UpstreamUnavailable: the upstream could not be reached or hung up.
             UpstreamTimeout: no connection within ``connect`` seconds.
         """
-        if self._session is None:
+        pool = self._pool
+        if pool is None:
             raise UpstreamUnavailable("upstream client is not open")
-        try:
-            # encoded=True: the path is the client's, already encoded; not normalised.
-            response = await self._session.request(
-                method, URL(self.base_url + path_qs, encoded=True), data=body, headers=headers,
-                allow_redirects=False,
-                timeout=_connect_timeout(connect),
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translated(exc, "upstream unreachable") from exc
-        return UpstreamResponse(response)
+        # The path is the client's, already encoded: sent as it came, not normalised.
+        conn = await pool.request(method, self._prefix + path_qs, list(headers.items()), body,
+                                  connect=connect)
+        return UpstreamResponse(conn, pool)
