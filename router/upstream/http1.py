@@ -106,6 +106,7 @@ class Connection(asyncio.Protocol):
         self._coding = b""
         self._decoder: Any = None
         self._interim = False
+        self._keep_alive = False
         self.headers_done = False
         self.complete = False
         self.error: UpstreamUnavailable | None = None
@@ -187,6 +188,8 @@ class Connection(asyncio.Protocol):
         if self._interim:
             self._interim = False
             return
+        # Only meaningful inside the parser's callbacks: asked here, kept for the release.
+        self._keep_alive = self._parser.should_keep_alive()
         if not self.complete:
             if self._decoder is not None:
                 rest = self._decoder.flush()
@@ -223,7 +226,7 @@ class Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         """Whether the answer was read to its end on a connection the server keeps open."""
         return (self.complete and self.error is None and not self.closed and not self._head
-                and self._parser.should_keep_alive())
+                and self._keep_alive)
 
     def close(self) -> None:
         """Close the connection: the upstream stops generating."""
