@@ -327,17 +327,17 @@ class Pool:
             target = f"http://{origin.host_header}{target}"
         lines = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}"]
         for name, value in headers:
-            lines.append(f"{name}: {value}")
+            line = f"{name}: {value}"
+            if "\n" in line or "\r" in line:
+                # Never from a client (the server parsed its headers) nor from a valid config.
+                raise UpstreamUnavailable("a request header holds a line break")
+            lines.append(line)
         if self._absolute and self._proxy_auth:
             lines.append(f"Proxy-Authorization: {self._proxy_auth}")
         if body is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body or b'')}")
-        text = "\r\n".join(lines)
-        if "\n" in text.replace("\r\n", "") or "\r" in text.replace("\r\n", ""):
-            # Never from a client (the server parsed its headers) nor from a valid config.
-            raise UpstreamUnavailable("a request header holds a line break")
         try:
-            return (text + "\r\n\r\n").encode("latin-1")
+            return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         except UnicodeEncodeError as exc:
             raise UpstreamUnavailable("a request header is not latin-1") from exc
 
