@@ -363,3 +363,21 @@ def test_https_directly_and_through_a_connect_proxy(monkeypatch: pytest.MonkeyPa
             server.close()
 
     asyncio.run(main())
+
+
+def test_a_connection_released_twice_is_pooled_once() -> None:
+    async def main() -> None:
+        async with serving(keep_answering) as (url, opened):
+            pool = pool_for(url)
+            conn = await pool.request("POST", "/v1/messages", HEADERS, BODY, connect=5)
+            while await conn.chunk():
+                pass
+            pool.release(conn, reuse=True)
+            pool.release(conn, reuse=True)  # a relay and its caller both finishing
+            assert pool.counts() == (0, 1)
+            first, second = await asyncio.gather(body_of(pool), body_of(pool))
+            assert first[:2] == second[:2] == (200, b'{"ok":true}')
+            assert len(opened) == 2  # two at once: two connections, never one shared
+            await pool.close()
+
+    asyncio.run(main())

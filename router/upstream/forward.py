@@ -9,7 +9,7 @@ behalf. Every attempt after a request's first (a retry or a fallback) is paid fr
 when the proxy has retried and gives up, it tells the client ``x-should-retry: false`` so that
 the SDK does not multiply it either.
 
-This module does not import aiohttp: the pool (:mod:`router.upstream.pool`) does the I/O.
+The pool (:mod:`router.upstream.pool`, over :mod:`router.upstream.http1`) does the I/O.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ on the way past. Once a stream's first byte has gone out nothing can be retried,
 that breaks, goes silent, or ends without ``message_stop`` is ended with an Anthropic-shaped
 ``error`` event: never half an answer dressed as a whole one.
 
-This module does not import aiohttp (the account stage, and ``router explain``, import
+This module imports no HTTP client (the account stage, and ``router explain``, import
 :class:`Outcome`); the answer comes as a :class:`~router.upstream.pool.UpstreamResponse`.
 """
 
