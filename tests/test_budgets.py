@@ -162,6 +162,12 @@ def test_managed_mode_without_its_upstream_key_does_not_start(fake: FakeUpstream
                                 env={"ANTHROPIC_API_KEY": ""})
     assert result.exit_code == 1
     assert "keys.mode is managed but $ANTHROPIC_API_KEY is not set" in result.output
+    # A key pasted with its line break would split the upstream request's headers.
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config), "--port", "0"],
+                                env={"ANTHROPIC_API_KEY": "sk-ant-secret\nx-evil: 1"})
+    assert result.exit_code == 1
+    assert "$ANTHROPIC_API_KEY holds characters an API key cannot have" in result.output
+    assert "sk-ant-secret" not in result.output
 
 
 def test_router_keys_new_prints_a_key_once_and_the_line_that_admits_it(

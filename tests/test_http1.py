@@ -22,7 +22,7 @@ from router.errors import UpstreamTimeout, UpstreamUnavailable
 from router.upstream.http1 import Pool, origin_of
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-HEADERS = [("x-api-key", "sk-test"), ("content-type", "application/json")]
+HEADERS = [(b"x-api-key", b"sk-test"), (b"content-type", b"application/json")]
 BODY = b'{"model":"claude-haiku-4-5","max_tokens":8,"messages":[]}'
 
 
@@ -275,7 +275,7 @@ def test_failures_arrive_as_the_proxys_errors() -> None:
 def test_a_line_break_in_a_header_never_reaches_the_wire() -> None:
     pool = pool_for("http://127.0.0.1:9")
     with pytest.raises(UpstreamUnavailable, match="line break"):
-        asyncio.run(pool.request("POST", "/", [("x-a", "1\r\nx-injected: 2")], BODY, connect=1))
+        asyncio.run(pool.request("POST", "/", [(b"x-a", b"1\r\nx-injected: 2")], BODY, connect=1))
 
 
 def test_http_proxy_from_the_environment_when_trust_env(monkeypatch: pytest.MonkeyPatch

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from multidict import CIMultiDict
-
 from router.config import Config, KeyConfig, Limits
 from router.config_file import ConfigError
 from router.errors import AuthenticationFailed
@@ -73,15 +71,13 @@ class Identity:
     upstream_key: str | None = field(default=None, repr=False)
     """Managed mode: the Anthropic key the request goes upstream with."""
 
-    def upstream_headers(self, headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    def upstream_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers to send upstream: in managed mode the client's key is replaced by the
         upstream key (both its headers: a bearer token would otherwise reach the API)."""
         if self.upstream_key is None:
             return headers
-        headers.popall("x-api-key", None)
-        headers.popall("authorization", None)
-        headers["x-api-key"] = self.upstream_key
-        return headers
+        kept = [(k, v) for k, v in headers if k.lower() not in (b"x-api-key", b"authorization")]
+        return [*kept, (b"x-api-key", self.upstream_key.encode("latin-1"))]
 
 
 class Keyring:
@@ -112,6 +108,13 @@ class Keyring:
                 raise ConfigError(source or "<config>", [
                     f"keys.mode is managed but ${name} is not set: requests go upstream with "
                     "the Anthropic key it holds" for name in missing])
+            # It goes into a header as it is: printable ASCII only (the value is never shown).
+            unusable = sorted({v for v in wanted.values()
+                               if not (environ[v].isascii() and environ[v].isprintable())})
+            if unusable:
+                raise ConfigError(source or "<config>", [
+                    f"${name} holds characters an API key cannot have (a line break, a "
+                    "non-ASCII letter)" for name in unusable])
             self._upstream = {team: environ[name] for team, name in wanted.items()}
         # Built once: a request looks its identity up, with the limits it counts against.
         self._identities = {k.sha256: self._identity_of(k) for k in keys.issued}

@@ -40,8 +40,6 @@ from router.upstream.resilience import (
 from router.wire import Usage, error_type_of_event
 
 if TYPE_CHECKING:
-    from multidict import CIMultiDict
-
     from router.upstream.pool import Upstream, UpstreamResponse
 
 ModelPricer = Callable[[str, Usage], Decimal | None]
@@ -54,7 +52,8 @@ class Call:
 
     method: str
     path_qs: str
-    headers: CIMultiDict[str]
+    headers: list[tuple[bytes, bytes]]
+    """What goes upstream, byte for byte (see ``Upstream.request_headers``)."""
     body: bytes | None
     requested: str | None
     """The model named in ``body``; None for endpoints without a body."""

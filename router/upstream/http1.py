@@ -281,7 +281,7 @@ class Pool:
         """(in use, idle) connections."""
         return len(self._busy), len(self._idle)
 
-    async def request(self, method: str, target: str, headers: list[tuple[str, str]],
+    async def request(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
                       body: bytes | None, *, connect: float | None) -> Connection:
         """Send a request and return its connection once the answer's headers arrived.
 
@@ -326,26 +326,24 @@ class Pool:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _head(self, method: str, target: str, headers: list[tuple[str, str]],
+    def _head(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
               body: bytes | None) -> bytes:
         origin = self.origin
         if self._absolute:
             target = f"http://{origin.host_header}{target}"
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}"]
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}".encode("latin-1")]
         for name, value in headers:
-            line = f"{name}: {value}"
-            if "\n" in line or "\r" in line:
+            line = b"%s: %s" % (name, value)
+            if b"\n" in line or b"\r" in line:
                 # Never from a client (the server parsed its headers) nor from a valid config.
                 raise UpstreamUnavailable("a request header holds a line break")
             lines.append(line)
         if self._absolute and self._proxy_auth:
-            lines.append(f"Proxy-Authorization: {self._proxy_auth}")
+            lines.append(f"Proxy-Authorization: {self._proxy_auth}".encode("latin-1"))
         if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body or b'')}")
-        try:
-            return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        except UnicodeEncodeError as exc:
-            raise UpstreamUnavailable("a request header is not latin-1") from exc
+            lines.append(b"Content-Length: %d" % len(body or b""))
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
 
     async def _acquire(self, connect: float | None) -> Connection:
         while True:

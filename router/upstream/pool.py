@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
-from multidict import CIMultiDict
-
 from router.config import UpstreamConfig
 from router.errors import UpstreamUnavailable
 from router.upstream.http1 import Connection, Pool, origin_of
@@ -32,7 +30,8 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
+_NOT_FORWARDED = frozenset(name.encode("latin-1") for name in _HOP_BY_HOP | {
+    "host", "content-length", "accept-encoding", "expect"})
 # The server frames the body itself.
 _NOT_RELAYED = frozenset(name.encode("latin-1") for name in _HOP_BY_HOP | {"content-length"})
 """As bytes: the answer's raw header names are checked against it, every request."""
@@ -41,22 +40,35 @@ _NOT_RELAYED = frozenset(name.encode("latin-1") for name in _HOP_BY_HOP | {"cont
 class UpstreamResponse:
     """One upstream answer, its status line in hand and its body still to read."""
 
-    __slots__ = ("_body", "_conn", "_pool", "headers", "status")
+    __slots__ = ("_body", "_conn", "_headers", "_pool", "status")
 
     def __init__(self, conn: Connection, pool: Pool) -> None:
         self._conn = conn
         self._pool = pool
         self._body: bytes | None = None
+        self._headers: Mapping[str, str] | None = None
         self.status = conn.status
-        # Names lower-cased; the first of repeated names wins, as a multidict's get() does.
-        self.headers: Mapping[str, str] = {
-            k.decode("latin-1").lower(): v.decode("latin-1")
-            for k, v in reversed(conn.raw_headers)}
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The answer's headers by lower-cased name; the first of repeated names wins."""
+        if self._headers is None:
+            # Built on demand: only error answers need more than the two :meth:`header` finds.
+            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                             for k, v in reversed(self._conn.raw_headers)}
+        return self._headers
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of the header ``name`` (lower-case), or None."""
+        for key, value in self._conn.raw_headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
 
     @property
     def is_stream(self) -> bool:
         """A 200 answered as server-sent events."""
-        return self.status == 200 and self.headers.get("content-type", "").startswith(
+        return self.status == 200 and (self.header(b"content-type") or "").startswith(
             "text/event-stream")
 
     async def read(self) -> bytes:
@@ -145,21 +157,20 @@ class Upstream:
         return self._pool.counts() if self._pool is not None else (0, 0)
 
     @staticmethod
-    def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-        """Return the client's headers to send upstream: all but hop-by-hop ones, as sent."""
-        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """Return the client's headers to send upstream: all but hop-by-hop ones, byte for byte
+        as sent."""
+        pairs = list(raw)
         dropped = _NOT_FORWARDED
         for name, value in pairs:
-            if name.lower() == "connection":
-                dropped = dropped | {token.strip().lower() for token in value.split(",")}
-        out: CIMultiDict[str] = CIMultiDict(
-            (name, value) for name, value in pairs if name.lower() not in dropped
-        )
+            if name.lower() == b"connection":
+                dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+        out = [(name, value) for name, value in pairs if name.lower() not in dropped]
         # Uncompressed answers let the proxy read usage and relay SSE without re-encoding.
-        out["Accept-Encoding"] = "identity"
+        out.append((b"Accept-Encoding", b"identity"))
         return out
 
-    async def send(self, method: str, path_qs: str, headers: CIMultiDict[str],
+    async def send(self, method: str, path_qs: str, headers: list[tuple[bytes, bytes]],
                    body: bytes | None, *, connect: float | None) -> UpstreamResponse:
         """Send one request and return the response once its status line arrived. The caller
         bounds the wait (one timer for the status line and the first event).
@@ -172,6 +183,6 @@ class Upstream:
         if pool is None:
             raise UpstreamUnavailable("upstream client is not open")
         # The path is the client's, already encoded: sent as it came, not normalised.
-        conn = await pool.request(method, self._prefix + path_qs, list(headers.items()), body,
+        conn = await pool.request(method, self._prefix + path_qs, headers, body,
                                   connect=connect)
         return UpstreamResponse(conn, pool)

@@ -125,7 +125,7 @@ async def relay(
         UpstreamUnavailable, UpstreamTimeout: the answer broke before any byte was sent.
     """
     outcome.status = response.status
-    outcome.upstream_request_id = response.headers.get("request-id")
+    outcome.upstream_request_id = response.header(b"request-id")
     outcome.stream = response.is_stream
     headers = response.relayed_headers(extra_headers, stream=outcome.stream)
     if response.status != 200:
