@@ -381,3 +381,22 @@ def test_a_connection_released_twice_is_pooled_once() -> None:
             await pool.close()
 
     asyncio.run(main())
+
+
+def test_a_limit_of_zero_means_no_limit() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            await asyncio.sleep(0.05)
+            writer.write(answer(b"{}"))
+            await writer.drain()
+
+    async def main() -> None:
+        async with serving(slow) as (url, opened):
+            pool = pool_for(url, limit=0)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(body_of(pool) for _ in range(6))), 10)
+            assert all(r[:2] == (200, b"{}") for r in results)
+            assert len(opened) == 6
+            await pool.close()
+
+    asyncio.run(main())

@@ -20,6 +20,7 @@ import base64
 import collections
 import socket
 import ssl
+import sys
 import time
 import urllib.request
 import zlib
@@ -261,11 +262,12 @@ class Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections to one origin, at most ``limit`` at once."""
+    """Keep-alive connections to one origin, at most ``limit`` at once (0 or less: no limit,
+    as aiohttp's pool read ``upstream.max_connections: 0``)."""
 
     def __init__(self, origin: Origin, limit: int) -> None:
         self.origin = origin
-        self.limit = limit
+        self.limit = limit if limit > 0 else sys.maxsize
         self.closed = False
         self._idle: list[Connection] = []
         self._busy: set[Connection] = set()
