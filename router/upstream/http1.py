@@ -81,7 +81,9 @@ def _proxy_for(scheme: str, host: str) -> tuple[str, int, str | None] | None:
         return None
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"{scheme}_proxy must be an http:// proxy, not {url!r}")
+        # Not echoed: a proxy URL may hold a password.
+        raise ValueError(f"{scheme}_proxy must be an http:// proxy with a host "
+                         f"(upstream.trust_env is on), not a {parts.scheme}:// one")
     auth = None
     if parts.username is not None:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
