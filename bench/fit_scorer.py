@@ -8,10 +8,12 @@ PATH defaults to ``shared/routing-eval/dev.jsonl`` beside the repository. Each r
 goes through the real stages 1-2 (``parse_messages``, ``TokenCounter.estimate``,
 ``classify.measure``); its ``tier`` is the label. Nothing else of a row is read.
 
-The model is an ordinal logistic regression (proportional odds: one linear score, two cut
-points) with an L2 penalty, fitted by Newton's method on standardised features; numpy only, no
-randomness, so the same data gives the same weights to the last printed digit. The weights are
-then rescaled to points: the fit's haiku/sonnet cut point at 30, its sonnet/opus one at 60.
+The model is two logistic regressions over the same terms, one per boundary between tiers:
+"harder than Haiku work" (label sonnet or opus) and "Opus work", each term's two weights
+penalised (L2) towards a shared value, fitted together by Newton's method on standardised
+features; numpy only, no randomness, so the same data gives the same weights to the last printed
+digit. The score is the expected tier on 0-100, ``50 * (P(beyond haiku) + P(opus))``
+(:mod:`router.routing.scorer`).
 
 The thresholds the router ships (``complexity`` levels) are chosen by cross-validation: 5 folds,
 stratified by tier, assigned by a hash of each row's id; a model is fitted on 4 folds and scores
@@ -45,7 +47,7 @@ sys.path.insert(0, str(REPO))
 from router.config_file import load_config  # noqa: E402
 from router.parse import parse_messages  # noqa: E402
 from router.routing.classify import measure  # noqa: E402
-from router.routing.scorer import Scorer, parse_scorer  # noqa: E402
+from router.routing.scorer import FORMAT, Scorer, parse_scorer  # noqa: E402
 from router.routing.tokens import TokenCounter  # noqa: E402
 
 SCORER_JSON = REPO / "router" / "routing" / "scorer.json"
@@ -53,20 +55,23 @@ TIERS = ("haiku", "sonnet", "opus")
 PRICE = (1.0, 3.0, 5.0)
 """Input price per tier, per the evaluation set's README (USD per million tokens)."""
 FOLDS = 5
-PENALTY = 3.0
-"""L2 penalty on the standardised weights (the log-likelihood is a sum over rows). Picked from
-0.5, 1, 2, 3, 5 and 10 by the nested cross-validated figures averaged over five fold
-assignments (docs/classifier.md): the one setting tuned on all rows, and said so. 1 agreed a
-little more often on average (85.6% against 85.1%) but cost 1.06x the labels on the shipped
-folds; 3 stays within 1.04x on all five. Choosing the penalty by a cross-validation inside each
-training set instead did no better (84.1% against 84.2%) for four times the fitting."""
+SHARED_PENALTY = 1.0
+"""L2 penalty on the standardised weights' shared part (the log-likelihoods are sums over
+rows)."""
+BOUNDARY_PENALTY = 1.0
+"""L2 penalty on each boundary's departure from the shared weights: large makes the two
+boundaries one direction (an ordinal model), small two independent regressions. Both penalties
+were picked from a grid (0.5 to 6, docs/classifier.md) by the nested cross-validated agreement
+averaged over five fold assignments: the settings tuned on all rows, and said so. Every pair
+from 0.5 to 2 scored within a point of the one kept."""
 SEVERE_MAX = 0.01
 """Most share of Opus-labelled work the chosen thresholds may send to Haiku."""
 COST_MAX = 1.05
 """Most request-weighted cost of the chosen thresholds' routing, relative to routing by the
 labels."""
-LOW_POINT, HIGH_POINT = 30.0, 60.0
-"""Where the fitted cut points land on the points scale."""
+LOW_POINT, HIGH_POINT = 25.0, 75.0
+"""Where an even chance of the harder tier lands on the score's scale (the thresholds' ties go
+to the pair nearest these)."""
 
 Floats = npt.NDArray[np.float64]
 
@@ -85,7 +90,8 @@ TERMS: tuple[tuple[str, Mapping[str, Any]], ...] = (
     ("generative", {}),
     ("steps", {"cap": 10}),
     ("code_lines", {"log": True}),
-    ("data_lines", {"log": True}),
+    # Capped: past a screenful of rows, more pasted data makes a task longer, not harder.
+    ("data_lines", {"cap": 20, "log": True}),
     ("prose_words", {"log": True}),
     ("task_chars", {"log": True}),
     ("system_spec", {}),
@@ -199,98 +205,81 @@ def _sigmoid(z: Floats) -> Floats:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def fit_ordinal(x: Floats, y: npt.NDArray[np.int64], penalty: float = PENALTY
-                ) -> tuple[Floats, float, float]:
-    """Fit P(label <= k) = sigmoid(cut_k - x.w) by penalised maximum likelihood (Newton).
+def fit_boundaries(x: Floats, y: npt.NDArray[np.int64], shared: float = SHARED_PENALTY,
+                   apart: float = BOUNDARY_PENALTY) -> tuple[Floats, Floats]:
+    """Fit the two boundaries' logistic regressions, "harder than Haiku work" (label >= 1) and
+    "Opus work" (label >= 2), by penalised maximum likelihood (Newton's method).
 
-    Returns the weights and the two cut points, on the scale of ``x``.
-    """
+    Each boundary's weights are a shared part plus its own: ``w + d_k``, penalised by
+    ``shared * |w|^2 + apart * (|d_0|^2 + |d_1|^2)``, so a term weighs the same at both
+    boundaries unless the data say otherwise (intercepts are not penalised). Returns the
+    intercepts (2) and the weights (2 x terms), on the scale of ``x``."""
     n, d = x.shape
-    params = np.zeros(d + 2)
-    params[d], params[d + 1] = -1.0, 1.0
-    first, last = y == 0, y == 2
-
-    def objective(p: Floats) -> tuple[float, Floats, Floats]:
-        w, cuts = p[:d], p[d:]
-        eta = x @ w
-        # the label's upper (a) and lower (b) cut, minus eta; +/- infinity at the ends
-        a = np.where(last, 0.0, cuts[np.minimum(y, 1)] - eta)
-        b = np.where(first, 0.0, cuts[np.maximum(y - 1, 0)] - eta)
-        fa = np.where(last, 1.0, _sigmoid(a))
-        fb = np.where(first, 0.0, _sigmoid(b))
-        prob = np.maximum(fa - fb, 1e-300)
-        da = np.where(last, 0.0, fa * (1 - fa))
-        db = np.where(first, 0.0, fb * (1 - fb))
-        loglik = float(np.sum(np.log(prob))) - penalty * float(w @ w)
-        la, lb = da / prob, -db / prob
-        laa = da * (1 - 2 * fa) / prob - la**2
-        lbb = -db * (1 - 2 * fb) / prob - lb**2
-        lab = -la * lb
-        ga = np.zeros((n, d + 2))
-        gb = np.zeros((n, d + 2))
-        ga[:, :d] = gb[:, :d] = -x
-        rows = np.arange(n)
-        ga[rows[~last], d + y[~last]] = 1.0
-        gb[rows[~first], d + y[~first] - 1] = 1.0
-        grad = ga.T @ la + gb.T @ lb
-        hess = (ga.T * laa) @ ga + (gb.T * lbb) @ gb + (ga.T * lab) @ gb + (gb.T * lab) @ ga
-        grad[:d] -= 2 * penalty * w
-        hess[:d, :d] -= 2 * penalty * np.eye(d)
-        return loglik, grad, hess
-
-    value, grad, hess = objective(params)
+    one, zero, none = np.ones((n, 1)), np.zeros((n, 1)), np.zeros((n, d))
+    # Parameters: w, d_0, d_1, the two intercepts.
+    design_k = (np.hstack([x, x, none, one, zero]), np.hstack([x, none, x, zero, one]))
+    targets = ((y >= 1).astype(float), (y >= 2).astype(float))
+    penalty = np.diag(np.concatenate([np.full(d, 2 * shared), np.full(2 * d, 2 * apart),
+                                      [0.0, 0.0]]))
+    params = np.zeros(3 * d + 2)
     for _ in range(100):
+        grad = -penalty @ params
+        hess = penalty.copy()
+        for xk, tk in zip(design_k, targets, strict=True):
+            p = _sigmoid(xk @ params)
+            grad += xk.T @ (tk - p)
+            hess += (xk.T * (p * (1 - p))) @ xk
         step = np.linalg.solve(hess, grad)
-        scale = 1.0
-        while True:
-            trial = params - scale * step
-            if trial[d] < trial[d + 1]:
-                trial_value, trial_grad, trial_hess = objective(trial)
-                if trial_value >= value - 1e-12:
-                    break
-            scale /= 2
-            if scale < 1e-10:
-                return params[:d], float(params[d]), float(params[d + 1])
-        params, value, grad, hess = trial, trial_value, trial_grad, trial_hess
-        if float(np.max(np.abs(grad))) < 1e-9:
+        params = params + step
+        if float(np.max(np.abs(step))) < 1e-10:
             break
-    return params[:d], float(params[d]), float(params[d + 1])
+    shared_w = params[:d]
+    weights = np.stack([shared_w + params[d:2 * d], shared_w + params[2 * d:3 * d]])
+    return params[3 * d:], weights
+
+
+def scores_of(logits: Floats) -> Floats:
+    """``complexity_score`` of rows' two logits (columns): the expected tier on 0-100, as
+    :func:`router.routing.scorer.score_of`."""
+    total: Floats = _sigmoid(logits).sum(axis=1)
+    return 50.0 * total
 
 
 @dataclass(frozen=True)
 class Model:
-    """A fitted model on the points scale."""
+    """A fitted model on the scale of the term values (not centred)."""
 
-    intercept: float
-    weights: tuple[float, ...]
+    intercepts: Floats
+    """Per boundary."""
+    weights: Floats
+    """Boundaries x terms."""
     simple_below: float
     complex_from: float
 
     def scores(self, x: Floats) -> Floats:
-        """Points for rows of term values."""
-        return self.intercept + x @ np.array(self.weights)
+        """``complexity_score`` for rows of term values."""
+        return scores_of(self.intercepts + x @ self.weights.T)
 
 
-def fit_points(x: Floats, y: npt.NDArray[np.int64]) -> tuple[float, Floats]:
-    """Fit on standardised columns, then express the score in points (intercept, weights)."""
+def fit_weights(x: Floats, y: npt.NDArray[np.int64]) -> tuple[Floats, Floats]:
+    """Fit on standardised columns, then express the weights per unit of each term (intercepts,
+    weights)."""
     mean = x.mean(axis=0)
     spread = x.std(axis=0)
     spread[spread == 0] = 1.0
-    w, low, high = fit_ordinal((x - mean) / spread, y)
-    raw = w / spread
-    unit = (HIGH_POINT - LOW_POINT) / (high - low)
-    intercept = LOW_POINT - unit * (low + float(raw @ mean))
-    return intercept, unit * raw
+    intercepts, weights = fit_boundaries((x - mean) / spread, y)
+    raw = weights / spread
+    return intercepts - raw @ mean, raw
 
 
 def held_out_scores(x: Floats, y: npt.NDArray[np.int64], assigned: Sequence[int]) -> Floats:
-    """Each row's points from the model fitted on the other folds."""
+    """Each row's score from the model fitted on the other folds."""
     fold = np.array(assigned)
     scores = np.zeros(len(y))
     for k in sorted(set(assigned)):
         test = fold == k
-        intercept, weights = fit_points(x[~test], y[~test])
-        scores[test] = intercept + x[test] @ weights
+        intercepts, weights = fit_weights(x[~test], y[~test])
+        scores[test] = scores_of(intercepts + x[test] @ weights.T)
     return scores
 
 
@@ -312,7 +301,7 @@ def choose_thresholds(scores: Floats, labels: npt.NDArray[np.int64]) -> tuple[fl
     """The thresholds (half-point grid) that agree most often with the labels of held-out
     scores, among those whose severe under-routing stays within :data:`SEVERE_MAX` and whose
     cost stays within :data:`COST_MAX` of the labels'. Ties go to the least
-    :func:`routing_cost`, then to the pair closest to the fit's own (30, 60), then the higher.
+    :func:`routing_cost`, then to the pair closest to the even chances (25, 75), then the higher.
 
     Agreement is the target the issue sets; cost alone (the criterion before) gave the same
     weight to a Sonnet task sent to Haiku as to the dearer tier's price, and settled on
@@ -340,9 +329,9 @@ def choose_thresholds(scores: Floats, labels: npt.NDArray[np.int64]) -> tuple[fl
 def fit_model(x: Floats, y: npt.NDArray[np.int64], assigned: Sequence[int]) -> Model:
     """The full procedure on some rows: weights from all of them, thresholds from their
     cross-validated scores (folds as ``assigned``)."""
-    intercept, weights = fit_points(x, y)
+    intercepts, weights = fit_weights(x, y)
     low, high = choose_thresholds(held_out_scores(x, y, assigned), y)
-    return Model(intercept, tuple(float(w) for w in weights), low, high)
+    return Model(intercepts, weights, low, high)
 
 
 def nested(rows: Sequence[Row], x: Floats, y: npt.NDArray[np.int64], salt: str = ""
@@ -359,13 +348,19 @@ def nested(rows: Sequence[Row], x: Floats, y: npt.NDArray[np.int64], salt: str =
     return fold_model
 
 
+def term_specs(weights: Floats, centers: Sequence[float]) -> list[dict[str, Any]]:
+    """The ``terms`` of a scorer file: each term's options, its two weights, its centre."""
+    return [{"feature": f, **o, "weights": [float(a), float(b)], "center": c}
+            for (f, o), a, b, c in zip(TERMS, weights[0], weights[1], centers, strict=True)]
+
+
 def as_scorer(model: Model) -> Scorer:
     """The router's own inference object for a fitted model (uncentred, unrounded)."""
-    terms = [{"feature": f, **o, "weight": w} for (f, o), w in zip(TERMS, model.weights,
-                                                                      strict=True)]
-    data = {"format": 1, "model": "fold", "fitted_on": {}, "intercept": model.intercept,
-            "terms": terms, "thresholds": {"simple_below": model.simple_below,
-                                           "complex_from": model.complex_from}}
+    data = {"format": FORMAT, "model": "fold", "fitted_on": {},
+            "intercepts": [float(v) for v in model.intercepts],
+            "terms": term_specs(model.weights, [0.0] * len(TERMS)),
+            "thresholds": {"simple_below": model.simple_below,
+                           "complex_from": model.complex_from}}
     return parse_scorer(json.dumps(data).encode(), "fold")
 
 
@@ -409,30 +404,30 @@ def scorer_file(rows: Sequence[Row], path: Path) -> dict[str, Any]:
         chosen[test] = route(inner.scores(x[test]), inner.simple_below, inner.complex_from)
     tokens = [readme_tokens(r.request) for r in rows]
     cv = metrics(chosen.tolist(), y.tolist(), tokens)
-    # Centred on the data's means: the intercept is then an average request's score.
+    # Centred on the data's means: the intercepts are then an average request's logits.
     centers = [round(float(c), 4) for c in x.mean(axis=0)]
-    terms = []
-    for (feature, options), weight, center in zip(TERMS, model.weights, centers, strict=True):
-        terms.append({"feature": feature, **options, "weight": round(weight, 4),
-                      "center": center})
-    intercept = round(model.intercept + sum(t["weight"] * t["center"] for t in terms), 4)
+    weights = np.round(model.weights, 4)
+    terms = term_specs(weights, centers)
+    intercepts = np.round(model.intercepts + weights @ np.array(centers), 4)
     by_hash = sorted(range(len(rows)), key=lambda i: hashlib.sha256(rows[i].id.encode()).digest())
     checks = [rows[i] for i in by_hash[:6]]
-    rounded = Model(intercept - sum(t["weight"] * t["center"] for t in terms),
-                    tuple(t["weight"] for t in terms), model.simple_below, model.complex_from)
+    rounded = Model(intercepts - weights @ np.array(centers), weights, model.simple_below,
+                    model.complex_from)
     return {
-        "format": 1,
-        "model": "ordinal logistic regression (proportional odds), L2-penalised, in points",
+        "format": FORMAT,
+        "model": "two logistic regressions, beyond_haiku (label sonnet or opus) and opus, "
+                 "L2-penalised towards shared weights; score = 50 x (P(beyond_haiku) + P(opus))",
         "fitted_on": {
             "file": path.name,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "rows": len(rows),
-            "penalty": PENALTY,
+            "shared_penalty": SHARED_PENALTY,
+            "boundary_penalty": BOUNDARY_PENALTY,
             "folds": FOLDS,
             "severe_max": SEVERE_MAX,
             "cost_max": COST_MAX,
         },
-        "intercept": intercept,
+        "intercepts": [float(v) for v in intercepts],
         "terms": terms,
         "thresholds": {"simple_below": model.simple_below, "complex_from": model.complex_from},
         "cross_validation": {k: round(v, 4) if isinstance(v, float) else v

@@ -362,11 +362,15 @@ def render_explanation(report: dict[str, Any]) -> str:
         lines.append(f"  {mark} {r['rule']:<28} {r['effect']:<24} when {r['when']}")
     c = report.get("complexity")
     if c:
+        (p_up, p_opus), (l_up, l_opus), (b_up, b_opus) = c["probabilities"], c["logits"], c["base"]
         lines += ["", f"complexity {c['score']:g} -> {c['level']} (simple below "
-                      f"{c['simple_below']:g}, complex from {c['complex_from']:g}): base "
-                      f"{c['base']:+g}, then each feature's points:"]
-        lines += [f"  {t['points']:+7.1f}  {t['term']:<32} {t['value']}"
-                  for t in c["contributions"]]
+                      f"{c['simple_below']:g}, complex from {c['complex_from']:g})",
+                  f"  = 50 x (P(beyond haiku) {p_up:.3f} + P(opus) {p_opus:.3f}), from logits "
+                  f"{l_up:+.2f} and {l_opus:+.2f}:",
+                  f"  {'beyond':>7} {'opus':>6}",
+                  f"  {b_up:+7.2f} {b_opus:+6.2f}  base (an average request)"]
+        lines += [f"  {up:+7.2f} {opus:+6.2f}  {t['term']:<32} {t['value']}"
+                  for t in c["contributions"] for up, opus in (t["logits"],)]
     lines += ["", "features:"]
     lines += [f"  {k:<22} {v}" for k, v in report["features"].items()]
     return "\n".join(lines)

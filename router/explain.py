@@ -14,7 +14,7 @@ from router.pipeline import Routed, RouterState, estimate_tokens, route
 from router.routing.conversations import Conversation
 from router.routing.features import Features
 from router.routing.rules import Policy
-from router.routing.scorer import default_scorer
+from router.routing.scorer import BOUNDARIES, default_scorer, probability
 
 
 async def explain(body: bytes, headers: dict[str, str], state: RouterState) -> dict[str, Any]:
@@ -79,18 +79,26 @@ def _conversation_report(conversation: Conversation | None) -> dict[str, Any] | 
 
 
 def complexity_explanation(features: Features, policy: Policy) -> dict[str, Any]:
-    """Return how ``complexity_score`` was reached: the model's base, what each feature added,
-    and the thresholds that made it a level."""
+    """Return how ``complexity_score`` was reached: the model's base logits (an average
+    request's), what each feature added to each boundary's logit (``beyond_haiku``, ``opus``),
+    the two probabilities they make, and the thresholds that made the score a level."""
     scorer = default_scorer()
     simple_below, complex_from = scorer.thresholds(policy.config.complexity)
+    found = scorer.contributions(features)
+    logits = [base + sum(c.beyond_haiku if k == 0 else c.opus for c in found)
+              for k, base in enumerate(scorer.intercepts)]
     return {
         "score": features.complexity_score,
         "level": features.complexity,
         "simple_below": simple_below,
         "complex_from": complex_from,
-        "base": round(scorer.intercept, 2),
+        "boundaries": list(BOUNDARIES),
+        "probabilities": [round(probability(v), 3) for v in logits],
+        "logits": [round(v, 3) for v in logits],
+        "base": [round(v, 3) for v in scorer.intercepts],
         "contributions": [
-            {"term": c.term, "value": c.value, "points": round(c.points, 2)}
-            for c in scorer.contributions(features)
+            {"term": c.term, "value": c.value,
+             "logits": [round(c.beyond_haiku, 3), round(c.opus, 3)]}
+            for c in found
         ],
     }

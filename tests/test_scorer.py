@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from router.config_file import ConfigError, parse_config
 from router.parse import parse_messages
 from router.routing.classify import classify
 from router.routing.features import feature_names
-from router.routing.scorer import default_scorer, parse_scorer
+from router.routing.scorer import default_scorer, parse_scorer, probability, score_of
 from router.routing.tokens import TokenCounter
 from tests.conftest import config_text
 
@@ -46,9 +45,38 @@ def test_contributions_and_base_add_up_to_the_score() -> None:
                  requested_tier="opus")
     scorer = default_scorer()
     found = scorer.contributions(f)
-    assert abs(scorer.intercept + sum(c.points for c in found) - f.complexity_score) < 0.06
+    up = scorer.intercepts[0] + sum(c.beyond_haiku for c in found)
+    opus = scorer.intercepts[1] + sum(c.opus for c in found)
+    assert abs(score_of(up, opus) - f.complexity_score) < 0.06
+    # The expected tier: both boundaries' probabilities count, each for half the scale.
+    assert abs(score_of(up, opus) - 50 * (probability(up) + probability(opus))) < 1e-9
     assert "proof" in {c.term for c in found}
-    assert all(abs(a.points) >= abs(b.points) for a, b in itertools.pairwise(found))
+    size = [max(abs(c.beyond_haiku), abs(c.opus)) for c in found]
+    assert size == sorted(size, reverse=True)
+
+
+def test_the_score_is_the_expected_tier_on_0_to_100() -> None:
+    assert score_of(-50.0, -50.0) == pytest.approx(0.0)
+    assert score_of(0.0, -50.0) == pytest.approx(25.0)
+    assert score_of(50.0, 0.0) == pytest.approx(75.0)
+    assert score_of(800.0, 800.0) == pytest.approx(100.0)  # no overflow at absurd logits
+    assert score_of(-800.0, -800.0) == pytest.approx(0.0)
+
+
+def test_explain_shows_each_features_logits_for_both_boundaries() -> None:
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 200,
+            "messages": [{"role": "user", "content": "Translate 'good morning' to French."}]}
+    done = subprocess.run([sys.executable, "-m", "router", "explain", "-", "--json"],
+                          cwd=REPO, input=json.dumps(body), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    c = json.loads(done.stdout)["complexity"]
+    assert c["boundaries"] == ["beyond_haiku", "opus"]
+    for k in range(2):
+        total = c["base"][k] + sum(t["logits"][k] for t in c["contributions"])
+        assert total == pytest.approx(c["logits"][k], abs=0.02)
+    assert score_of(*c["logits"]) == pytest.approx(c["score"], abs=0.06)
+    assert c["level"] == "simple" and c["score"] < c["simple_below"]
 
 
 def test_thresholds_come_from_the_model_unless_the_config_moves_them() -> None:
@@ -70,11 +98,15 @@ def test_config_rejects_crossed_thresholds() -> None:
 def test_every_term_names_a_feature_and_bad_files_are_refused() -> None:
     assert {t.feature for t in default_scorer().terms} <= set(feature_names())
     data = shipped()
-    data["terms"] = [{"feature": "no_such_feature", "weight": 1.0}]
+    data["terms"] = [{"feature": "no_such_feature", "weights": [1.0, 1.0]}]
     with pytest.raises(ValueError, match="no such feature"):
         parse_scorer(json.dumps(data).encode())
-    data["terms"] = [{"feature": "thinking", "weight": 1.0}]
+    data["terms"] = [{"feature": "thinking", "weights": [1.0, 1.0]}]
     with pytest.raises(ValueError, match="needs 'equals'"):
+        parse_scorer(json.dumps(data).encode())
+    data["terms"] = []
+    data["format"] = 1  # one linear score in points: a file this router cannot read
+    with pytest.raises(ValueError, match="format 1"):
         parse_scorer(json.dumps(data).encode())
 
 

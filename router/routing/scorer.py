@@ -1,15 +1,22 @@
 """The complexity model: features in, ``complexity_score`` out, and what each feature added.
 
-The model is linear: ``score = intercept + sum(weight * (x - center))``, where each term's ``x``
-is one feature, optionally capped (``min(x, cap)``), then optionally log-scaled
+The model judges the two boundaries between tiers separately: one logistic regression for "harder
+than Haiku work" (``beyond_haiku``), one for "Opus work" (``opus``), each a sum over the same
+terms, ``logit = intercept + sum(weight * (x - center))`` with a weight per boundary. Each term's
+``x`` is one feature, optionally capped (``min(x, cap)``), then optionally log-scaled
 (``log(1 + x)``); a string feature enters as an indicator (``x = 1`` when it equals a value).
-Centres are the terms' means on the fitted data, so the intercept is an average request's score
-and each contribution says how far this request's feature moved it from there. Its weights come from
-``scorer.json`` in this package, which ``scripts/fit-scorer`` writes: an ordinal logistic
-regression fitted on the labelled development set, rescaled so that the score is in points (the
-fit's own boundary between ``haiku`` and ``sonnet`` work sits at 30, between ``sonnet`` and
-``opus`` work at 60). The thresholds that bucket the score into ``complexity`` levels are chosen
-by cross-validation when fitting, and ``router.yaml``'s ``complexity:`` section can move them.
+Centres are the terms' means on the fitted data, so the intercepts are an average request's
+logits and each contribution says how far this request's feature moved them from there.
+
+The two become one number, so that rules and the ``complexity`` thresholds test one score::
+
+    complexity_score = 50 * (P(beyond_haiku) + P(opus))
+
+the expected tier on a 0-100 scale (0 Haiku, 50 Sonnet, 100 Opus): an even chance of Sonnet
+work scores about 25, an even chance of Opus work about 75. The weights come from
+``scorer.json`` in this package, which ``scripts/fit-scorer`` fits on the labelled development
+set; the thresholds that bucket the score into ``complexity`` levels are chosen by
+cross-validation when fitting, and ``router.yaml``'s ``complexity:`` section can move them.
 
 Inference is plain Python (no numpy) and costs a few microseconds: one pass over the terms.
 ``docs/classifier.md`` explains the model, its features and how to refit it.
@@ -30,8 +37,12 @@ from router.config import ComplexityConfig
 from router.routing.features import Features, feature_names
 
 SCORER_FILE = "scorer.json"
-_HUGE = 1e300
 """The shipped weights, beside this module."""
+_HUGE = 1e300
+FORMAT = 2
+"""The version of ``scorer.json`` this module reads (1 was one linear score in points)."""
+BOUNDARIES = ("beyond_haiku", "opus")
+"""The two questions the model answers, in the order of every pair of weights and logits."""
 
 
 class TermSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -39,8 +50,8 @@ class TermSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     feature: str
     """A :class:`Features` field."""
-    weight: float
-    """Points per unit of the transformed value."""
+    weights: tuple[float, float]
+    """Logits per unit of the transformed value, for each of :data:`BOUNDARIES`."""
     equals: str | None = None
     """For a string feature: the term is 1 when the feature equals this (a tuple feature: when
     it contains it), else 0."""
@@ -50,8 +61,7 @@ class TermSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """For a number: use ``log(1 + x)`` (after the cap; negative values count as 0)."""
     center: float = 0.0
     """The term's mean on the data it was fitted on: a contribution is ``weight * (x -
-    center)``, points above or below an average request (the intercept is that request's
-    score)."""
+    center)``, logits above or below an average request (the intercepts are that request's)."""
 
 
 class ThresholdSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -69,7 +79,8 @@ class ScorerFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """What was fitted, in words."""
     fitted_on: dict[str, Any]
     """The data set (file name, sha256, rows) and the fit's settings, for reproducing it."""
-    intercept: float
+    intercepts: tuple[float, float]
+    """An average request's logits, for each of :data:`BOUNDARIES`."""
     terms: list[TermSpec]
     thresholds: ThresholdSpec
     cross_validation: dict[str, Any] = {}
@@ -84,7 +95,8 @@ class Term:
     """A compiled term: reads one feature and weighs it."""
 
     feature: str
-    weight: float
+    beyond_haiku: float
+    opus: float
     equals: str | None
     cap: float | None
     log: bool
@@ -98,8 +110,8 @@ class Term:
         name = self.feature if self.cap is None else f"min({self.feature}, {self.cap:g})"
         return f"log(1 + {name})" if self.log else name
 
-    def points(self, raw: Any) -> float:
-        """What the term adds for a feature's value: ``weight * (x - center)``."""
+    def value(self, raw: Any) -> float:
+        """The term's ``x - center`` for a feature's value."""
         if self.equals is not None:
             x = 1.0 if (raw == self.equals or (type(raw) is tuple and self.equals in raw)) \
                 else 0.0
@@ -113,7 +125,7 @@ class Term:
             if self.log:
                 # Counts are never negative; a bad request's negative one counts as none.
                 x = math.log1p(x) if x > 0 else 0.0
-        return self.weight * (x - self.center)
+        return x - self.center
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +135,18 @@ class Contribution:
     term: str
     value: Any
     """The feature's value."""
-    points: float
+    beyond_haiku: float
+    """Logits the term added to "harder than Haiku work"."""
+    opus: float
+    """Logits the term added to "Opus work"."""
 
 
 @dataclass(frozen=True)
 class Scorer:
     """A loaded complexity model."""
 
-    intercept: float
+    intercepts: tuple[float, float]
+    """An average request's logits, for each of :data:`BOUNDARIES`."""
     terms: tuple[Term, ...]
     simple_below: float
     """The fitted default threshold of ``simple``."""
@@ -140,10 +156,16 @@ class Scorer:
 
     def score(self, values: Mapping[str, Any]) -> float:
         """Return ``complexity_score`` for feature values by name (a dict or a mapping view)."""
-        total = self.intercept
+        return score_of(*self.logits(values))
+
+    def logits(self, values: Mapping[str, Any]) -> tuple[float, float]:
+        """Return the two boundaries' logits (:data:`BOUNDARIES`) for feature values by name."""
+        low, high = self.intercepts
         for term in self.terms:
-            total += term.points(values[term.feature])
-        return total
+            x = term.value(values[term.feature])
+            low += term.beyond_haiku * x
+            high += term.opus * x
+        return low, high
 
     def level(self, score: float, config: ComplexityConfig | None = None) -> str:
         """Return the ``complexity`` level of a score, by ``config``'s thresholds where set."""
@@ -161,17 +183,33 @@ class Scorer:
         return low, high
 
     def contributions(self, features: Features) -> list[Contribution]:
-        """Return what each term added to the features' score, largest first (zeros left out).
+        """Return what each term added to the features' two logits, largest first (zeros left
+        out).
 
-        The intercept (an average request's score) and the contributions sum to
-        ``complexity_score`` (before rounding).
+        The intercepts (an average request's logits) and the contributions sum to the logits
+        :func:`score_of` makes ``complexity_score`` of (before rounding).
         """
         found = [
-            Contribution(t.label, value, t.points(value))
+            Contribution(t.label, value, t.beyond_haiku * x, t.opus * x)
             for t in self.terms
             for value in (getattr(features, t.feature),)
+            for x in (t.value(value),)
         ]
-        return sorted((c for c in found if c.points), key=lambda c: -abs(c.points))
+        return sorted((c for c in found if c.beyond_haiku or c.opus),
+                      key=lambda c: -max(abs(c.beyond_haiku), abs(c.opus)))
+
+
+def probability(logit: float) -> float:
+    """The logistic function, safe at any logit."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    z = math.exp(logit)
+    return z / (1.0 + z)
+
+
+def score_of(beyond_haiku: float, opus: float) -> float:
+    """``complexity_score`` of the two boundaries' logits: the expected tier, 0-100."""
+    return 50.0 * (probability(beyond_haiku) + probability(opus))
 
 
 def parse_scorer(data: bytes, source: str = SCORER_FILE) -> Scorer:
@@ -188,6 +226,8 @@ def parse_scorer(data: bytes, source: str = SCORER_FILE) -> Scorer:
     # The annotations as written (this module's annotations are strings): 'int', 'str', ...
     kinds = {name: Features.__annotations__[name] for name in feature_names()}
     problems = []
+    if spec.format != FORMAT:
+        problems.append(f"{source}: format {spec.format}; this router reads format {FORMAT}")
     for i, term in enumerate(spec.terms):
         kind = kinds.get(term.feature)
         where = f"{source}: terms[{i}] ({term.feature})"
@@ -201,8 +241,9 @@ def parse_scorer(data: bytes, source: str = SCORER_FILE) -> Scorer:
         problems.append(f"{source}: thresholds.simple_below is above complex_from")
     if problems:
         raise ValueError("; ".join(problems))
-    terms = tuple(Term(t.feature, t.weight, t.equals, t.cap, t.log, t.center) for t in spec.terms)
-    return Scorer(spec.intercept, terms, spec.thresholds.simple_below,
+    terms = tuple(Term(t.feature, *t.weights, t.equals, t.cap, t.log, t.center)
+                  for t in spec.terms)
+    return Scorer(spec.intercepts, terms, spec.thresholds.simple_below,
                   spec.thresholds.complex_from, spec)
 
 
