@@ -37,8 +37,8 @@ class Features(msgspec.Struct, frozen=True):
 
     # -- complexity --
     complexity_score: float
-    """How hard the task is, in points (about 0-100): the fitted model's sum of the other
-    features' contributions (``router explain`` lists them)."""
+    """How hard the task is, 0-100: the fitted model's expected tier (0 Haiku work, 50 Sonnet,
+    100 Opus) from the other features (``router explain`` lists what each added)."""
     complexity: str
     """``simple``, ``moderate`` or ``complex``: ``complexity_score`` against the thresholds
     (``complexity:`` in router.yaml, else the model's cross-validated ones)."""

@@ -65,7 +65,7 @@ class TermSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class ThresholdSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The default boundaries of the ``complexity`` levels, in points."""
+    """The default boundaries of the ``complexity`` levels, on the score's 0-100 scale."""
 
     simple_below: float
     complex_from: float
