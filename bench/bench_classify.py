@@ -17,7 +17,6 @@ scorer alone is timed too (its budget is 30 µs).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import statistics
 import sys
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parsed = _parse(conversation(8_000, counter))
     features = classify(parsed, counter.estimate(parsed.request), token_factor=1.0,
                         requested_tier="sonnet")
-    scorer, values = default_scorer(), dataclasses.asdict(features)
+    scorer, values = default_scorer(), msgspec.structs.asdict(features)
     timings = []
     for _ in range(max(1000, args.runs * 10)):
         t0 = time.perf_counter()
