@@ -23,7 +23,6 @@ A script, not a test: the numbers inform, they do not fail a build. The machine 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -36,6 +35,8 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+
+import msgspec
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -126,7 +127,7 @@ def synthetic_week(rows: int, policy: Policy, seed: int = 7, days: float = 7.0,
             state = None  # the store forgot it, as the proxy's would
         turn += 1
         grown = base.input_tokens + turn * rng.randint(200, 3000)
-        features = dataclasses.replace(base, input_tokens=grown, user_turns=turn,
+        features = msgspec.structs.replace(base, input_tokens=grown, user_turns=turn,
                                        messages=2 * turn - 1)
         seen = ConversationSeen(id=cid, state=state, caching=True, now=ts,
                                 tool_loop=base.tool_loop_depth > 0)

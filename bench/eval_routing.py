@@ -38,7 +38,6 @@ with the same engine and repricing (``router.accounting.simulate``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -46,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def route_rows(rows: Sequence[fit.Row], scorer: Scorer, policy: Policy) -> list[
     for row in rows:
         features = judge(dict(row.values), scorer, policy.config.complexity)
         # A set of single requests: route as the conversation's first turn (module docstring).
-        decision = decide(dataclasses.replace(features, history_thinking=False), policy)
+        decision = decide(msgspec.structs.replace(features, history_thinking=False), policy)
         routed.append((decision.tier or "other", features.complexity_score))
     return routed
 
@@ -140,8 +140,8 @@ def as_ledger(rows: Sequence[fit.Row], policy: Policy) -> list[Entry]:
     now = time.time()
     entries = []
     for row in rows:
-        features = dataclasses.replace(judge(dict(row.values), scorer, policy.config.complexity),
-                                       history_thinking=False)
+        judged = judge(dict(row.values), scorer, policy.config.complexity)
+        features = msgspec.structs.replace(judged, history_thinking=False)
         decision = decide(features, policy)
         usage = Tokens(input=features.input_tokens)
         cost = prices.cost_of(decision.model, usage)
