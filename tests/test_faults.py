@@ -261,6 +261,18 @@ def test_silent_stream_ends_with_a_timeout_error_event(fake: FakeUpstream, start
     assert error["type"] == "error" and error["error"]["type"] == "timeout_error"
 
 
+def test_a_stream_that_keeps_talking_outlives_its_idle_limit(fake: FakeUpstream,
+                                                              start_proxy: Any) -> None:
+    # Every gap is under the idle limit, the whole stream is several times over it: the limit
+    # moves with each event and never fires.
+    url = start_proxy(policy=tuned(fake.url, idle=0.4))
+    fake.script(Reply(text="one two three four five six seven eight", event_delay=0.15))
+    started = time.monotonic()
+    status, _, data = post(url, body(stream=True))
+    assert status == 200 and time.monotonic() - started > 1.2
+    assert data.rstrip().endswith(b'data: {"type":"message_stop"}')
+
+
 def test_deadline_bounds_the_whole_request(fake: FakeUpstream, start_proxy: Any) -> None:
     url = start_proxy(policy=tuned(fake.url, first_event=5, total_s=1.0, attempts=5))
     fake.script(*[Stall(0.4, then=Fail(529, "overloaded_error"))] * 10)
