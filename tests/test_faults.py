@@ -273,6 +273,29 @@ def test_a_stream_that_keeps_talking_outlives_its_idle_limit(fake: FakeUpstream,
     assert data.rstrip().endswith(b'data: {"type":"message_stop"}')
 
 
+def test_a_client_that_leaves_during_a_retry_wait_frees_the_upstream_connection(
+        fake: FakeUpstream, start_proxy: Any) -> None:
+    # The 529 the proxy holds (to relay if no attempt does better) keeps its connection while
+    # the proxy waits to retry; the client leaving then must give it back, or a few such
+    # clients exhaust the pool and every later request waits for a slot that never frees.
+    url = start_proxy(policy=tuned(fake.url, attempts=3))
+    proxy = RUNNING[url]
+    fake.script(*[Fail(529, "overloaded_error", headers={"retry-after": "2"})] * 3, Reply())
+
+    async def leave_early() -> None:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await session.post(f"{url}/v1/messages", data=body("claude-opus-4-7"),
+                                       headers={"x-api-key": API_KEY,
+                                                "anthropic-version": "2023-06-01",
+                                                "content-type": "application/json"})
+
+    asyncio.run(leave_early())
+    assert wait_for(lambda: proxy.state.upstream.connections()[0] == 0, 5), \
+        "an upstream connection stayed taken after its client left"
+
+
 def test_deadline_bounds_the_whole_request(fake: FakeUpstream, start_proxy: Any) -> None:
     url = start_proxy(policy=tuned(fake.url, first_event=5, total_s=1.0, attempts=5))
     fake.script(*[Stall(0.4, then=Fail(529, "overloaded_error"))] * 10)

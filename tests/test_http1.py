@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
+import struct
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +23,7 @@ import trustme
 
 from router.errors import UpstreamTimeout, UpstreamUnavailable
 from router.upstream.http1 import Pool, origin_of
+from router.upstream.pool import UpstreamResponse
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 HEADERS = [(b"x-api-key", b"sk-test"), (b"content-type", b"application/json")]
@@ -397,6 +401,101 @@ def test_a_limit_of_zero_means_no_limit() -> None:
                 asyncio.gather(*(body_of(pool) for _ in range(6))), 10)
             assert all(r[:2] == (200, b"{}") for r in results)
             assert len(opened) == 6
+            await pool.close()
+
+    asyncio.run(main())
+
+
+def test_framing_edge_cases_do_not_pass_for_whole_answers() -> None:
+    payload = b'{"type":"message","content":[]}' * 50
+
+    async def trailers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                     b"0\r\nx-trailer: 1\r\ncontent-encoding: gzip\r\n\r\n")
+        await writer.drain()
+        await read_request(reader)
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"trunc")
+        await writer.drain()
+        # A reset, not an orderly end: linger 0 makes close() send RST instead of FIN.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def short_gzip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(gzip.compress(payload)[:40], b"content-encoding: gzip"))
+        await writer.drain()
+
+    async def raw_deflate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        squeeze = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        writer.write(answer(squeeze.compress(payload) + squeeze.flush(),
+                            b"content-encoding: deflate"))
+        await writer.drain()
+
+    async def read_all(url: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        pool = pool_for(url)
+        conn = await pool.request("POST", "/v1/messages", HEADERS, BODY, connect=5)
+        parts = []
+        try:
+            while chunk := await conn.chunk():
+                parts.append(chunk)
+        finally:
+            pool.release(conn, reuse=True)
+            await pool.close()
+        return b"".join(parts), conn.raw_headers
+
+    async def main() -> None:
+        async with serving(trailers) as (url, _):
+            body, headers = await read_all(url)
+            assert body == b"hello"
+            assert all(name not in (b"x-trailer", b"content-encoding") for name, _ in headers)
+        async with serving(reset) as (url, _):
+            with pytest.raises(UpstreamUnavailable, match="connection lost"):
+                await read_all(url)
+        async with serving(short_gzip) as (url, _):
+            with pytest.raises(UpstreamUnavailable, match="ends early"):
+                await read_all(url)
+        async with serving(raw_deflate) as (url, _):
+            assert (await read_all(url))[0] == payload
+
+    asyncio.run(main())
+
+
+def test_an_international_host_goes_on_the_wire_in_ascii() -> None:
+    origin = origin_of("https://bücher.example:8443/anthropic", trust_env=False)
+    assert origin.host == "xn--bcher-kva.example"
+    assert origin.host_header == "xn--bcher-kva.example:8443"
+
+
+def test_an_answer_finished_twice_leaves_the_next_answer_on_its_connection_alone() -> None:
+    async def hop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            writer.write(answer(b"{}", b"connection: keep-alive, x-hop", b"x-hop: 1",
+                                b"request-id: req_1"))
+            await writer.drain()
+
+    async def main() -> None:
+        async with serving(hop) as (url, opened):
+            pool = pool_for(url)
+            first = UpstreamResponse(
+                await pool.request("POST", "/v1/messages", HEADERS, BODY, connect=5), pool)
+            assert await first.read() == b"{}"
+            # Hop-by-hop on the way back too: x-hop is named by the answer's Connection header.
+            relayed = dict(first.relayed_headers([], stream=False))
+            assert b"x-hop" not in relayed and b"connection" not in relayed
+            assert relayed[b"request-id"] == b"req_1"
+            first.finish(reuse=True)
+            second = UpstreamResponse(
+                await pool.request("POST", "/v1/messages", HEADERS, BODY, connect=5), pool)
+            first.finish(reuse=False)  # late: the connection is the second answer's now
+            assert await second.read() == b"{}" and second.header(b"request-id") == "req_1"
+            second.finish(reuse=True)
+            assert len(opened) == 1 and pool.counts() == (0, 1)
             await pool.close()
 
     asyncio.run(main())

@@ -262,71 +262,79 @@ async def forward(
     run = _Run(call, upstream, config, tier_of, breakers, budget, outcome,
                loop.time() + total if total else None, loop=loop)
     answer: _Answer | None = None
-    skipped: str | None = None  # passed over with its circuit open: what we fall back from
-    tried: str | None = None
-    for model in call.models:
-        if model is not None and not breakers.allows(model):
-            skipped = skipped or model
-            continue
-        came_from = tried or skipped
-        if came_from is not None and model is not None and came_from != model:
-            outcome.fallbacks.append((came_from, model))
-        tried = model
-        probe = model is not None and breakers.is_open(model)
-        answer = await run.try_model(model, config.retry(tier_of(model) if model else None)
-                                     .attempts or 1, probe=probe)
-        if answer is not None or run.stopped:
-            break
-    if answer is None and not run.attempts:
-        # Every circuit of the chain is open: the upstream may still serve it. One attempt.
-        tried = primary
-        answer = await run.try_model(primary, 1, probe=False)
-    if answer is None and run.attempts == 1 and not run.stopped and run.last is not None \
-            and isinstance(run.last.error, UpstreamTimeout) \
-            and (config.retry(tier_of(tried) if tried else None).attempts or 1) > 1 \
-            and (run.deadline is None or loop.time() < run.deadline):
-        # One model, hung once, nowhere to fall back (pinned, bound by thinking, or the others'
-        # circuits open), and retries allowed: one more wait here, then the client is told not
-        # to retry. Left to the SDK, its two retries would each wait as long again, and a hung
-        # request would outlast any deadline a client can live with.
-        answer = await run.try_model(tried, 1, probe=False, judged=True)
-    if answer is not None:
+    try:
+        skipped: str | None = None  # passed over with its circuit open: what we fall back from
+        tried: str | None = None
+        for model in call.models:
+            if model is not None and not breakers.allows(model):
+                skipped = skipped or model
+                continue
+            came_from = tried or skipped
+            if came_from is not None and model is not None and came_from != model:
+                outcome.fallbacks.append((came_from, model))
+            tried = model
+            probe = model is not None and breakers.is_open(model)
+            answer = await run.try_model(model, config.retry(tier_of(model) if model else None)
+                                         .attempts or 1, probe=probe)
+            if answer is not None or run.stopped:
+                break
+        if answer is None and not run.attempts:
+            # Every circuit of the chain is open: the upstream may still serve it. One attempt.
+            tried = primary
+            answer = await run.try_model(primary, 1, probe=False)
+        if answer is None and run.attempts == 1 and not run.stopped and run.last is not None \
+                and isinstance(run.last.error, UpstreamTimeout) \
+                and (config.retry(tier_of(tried) if tried else None).attempts or 1) > 1 \
+                and (run.deadline is None or loop.time() < run.deadline):
+            # One model, hung once, nowhere to fall back (pinned, bound by thinking, or the others'
+            # circuits open), and retries allowed: one more wait here, then the client is told not
+            # to retry. Left to the SDK, its two retries would each wait as long again, and a hung
+            # request would outlast any deadline a client can live with.
+            answer = await run.try_model(tried, 1, probe=False, judged=True)
+        if answer is not None:
+            if run.last is not None and run.last.response is not None:
+                run.last.response.finish(reuse=False)
+            if await _refused_by_routing(answer, call):
+                answer.response.finish(reuse=True)
+                assert call.reroute is not None and answer.model is not None
+                outcome.rerouted_from = answer.model
+                own = Call(call.method, call.path_qs, call.headers, call.reroute.body,
+                           call.reroute.model, (call.reroute.model,), call.extra_headers,
+                           call.reporting, shape=call.shape)
+                await forward(own, upstream, config, tier_of, breakers, budget, send, outcome,
+                              request_id, pricer)
+                return
+            await _relay_answer(answer, call, outcome, request_id, send, pricer, run.deadline)
+            return
+        gave_up = run.attempts > 1 and not outcome.budget_denied
+        last = run.last
+        assert last is not None
+        if last.response is not None:
+            # Out of attempts with an upstream error in hand: the client gets it, and is told not
+            # to retry when the proxy already did.
+            outcome.model = tried
+            extra = call.extra_headers(tried)
+            if gave_up:
+                extra.append(("x-should-retry", "false"))
+            try:
+                await relay(last.response, send, extra, outcome, request_id, deadline=run.deadline)
+            finally:
+                last.response.finish(reuse=outcome.complete)
+            return
+        assert last.error is not None
+        if gave_up or (outcome.budget_denied and isinstance(last.error, UpstreamTimeout)):
+            # Retried and failed, or the budget forbade moving on from a hung model: a retry from
+            # the client would only wait as long again. (With no other model to try, the proxy
+            # made no choice, and the client's own retry is the retry.)
+            last.error.should_retry = False
+        raise last.error
+    finally:
+        # Whatever ends the request (a client that leaves mid-retry cancels it), no answer it
+        # holds keeps its connection; answers already finished are not touched again.
         if run.last is not None and run.last.response is not None:
             run.last.response.finish(reuse=False)
-        if await _refused_by_routing(answer, call):
-            answer.response.finish(reuse=True)
-            assert call.reroute is not None and answer.model is not None
-            outcome.rerouted_from = answer.model
-            own = Call(call.method, call.path_qs, call.headers, call.reroute.body,
-                       call.reroute.model, (call.reroute.model,), call.extra_headers,
-                       call.reporting, shape=call.shape)
-            await forward(own, upstream, config, tier_of, breakers, budget, send, outcome,
-                          request_id, pricer)
-            return
-        await _relay_answer(answer, call, outcome, request_id, send, pricer, run.deadline)
-        return
-    gave_up = run.attempts > 1 and not outcome.budget_denied
-    last = run.last
-    assert last is not None
-    if last.response is not None:
-        # Out of attempts with an upstream error in hand: the client gets it, and is told not
-        # to retry when the proxy already did.
-        outcome.model = tried
-        extra = call.extra_headers(tried)
-        if gave_up:
-            extra.append(("x-should-retry", "false"))
-        try:
-            await relay(last.response, send, extra, outcome, request_id, deadline=run.deadline)
-        finally:
-            last.response.finish(reuse=outcome.complete)
-        return
-    assert last.error is not None
-    if gave_up or (outcome.budget_denied and isinstance(last.error, UpstreamTimeout)):
-        # Retried and failed, or the budget forbade moving on from a hung model: a retry from
-        # the client would only wait as long again. (With no other model to try, the proxy
-        # made no choice, and the client's own retry is the retry.)
-        last.error.should_retry = False
-    raise last.error
+        if answer is not None:
+            answer.response.finish(reuse=False)
 
 
 async def _refused_by_routing(answer: _Answer, call: Call) -> bool:

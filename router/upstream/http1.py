@@ -67,7 +67,8 @@ def origin_of(base_url: str, *, trust_env: bool) -> Origin:
         raise ValueError(f"upstream.base_url must be an http(s) URL, not {base_url!r}")
     tls = parts.scheme == "https"
     port = parts.port or (443 if tls else 80)
-    host = parts.hostname
+    # An internationalised name goes on the wire (Host, TLS name) in its ASCII form.
+    host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode()
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == (443 if tls else 80) else f"{shown}:{port}"
     proxy = _proxy_for(parts.scheme, host) if trust_env else None
@@ -111,6 +112,7 @@ class Connection(asyncio.Protocol):
         self._framed = False  # Content-Length or chunked: the answer's end is in the bytes
         self._coding = b""
         self._decoder: Any = None
+        self._decoded_any = False
         self._interim = False
         self._keep_alive = False
         self.headers_done = False
@@ -137,14 +139,16 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.headers_done and not self.complete and not self._framed:
-            self._complete()  # delimited by the connection's end: this is its end
+        if self.headers_done and not self.complete and not self._framed and exc is None:
+            self._finish_body()  # delimited by the connection's end: this is its end
         elif not self.complete:
             self._fail(f"upstream connection lost{f': {type(exc).__name__}' if exc else ''}")
 
     # -- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a trailer of a chunked body: never relayed as a header
         lname = name.lower()
         if lname == b"content-length" or (lname == b"transfer-encoding"
                                           and b"chunked" in value.lower()):
@@ -179,8 +183,15 @@ class Connection(asyncio.Protocol):
             try:
                 body = self._decoder.decompress(body)
             except zlib.error as exc:
+                if self._coding == b"deflate" and not self._decoded_any:
+                    # "deflate" without its zlib wrapper, as some servers send it.
+                    self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+                    self._decoded_any = True
+                    self.on_body(body)
+                    return
                 self._fail(f"upstream sent a body that does not decode ({exc})")
                 return
+            self._decoded_any = True
             if not body:
                 return
         self._chunks.append(body)
@@ -197,11 +208,18 @@ class Connection(asyncio.Protocol):
         # Only meaningful inside the parser's callbacks: asked here, kept for the release.
         self._keep_alive = self._parser.should_keep_alive()
         if not self.complete:
-            if self._decoder is not None:
-                rest = self._decoder.flush()
-                if rest:
-                    self._chunks.append(rest)
-            self._complete()
+            self._finish_body()
+
+    def _finish_body(self) -> None:
+        decoder = self._decoder
+        if decoder is not None:
+            rest = decoder.flush()
+            if not decoder.eof:
+                self._fail("upstream sent a compressed body that ends early")
+                return
+            if rest:
+                self._chunks.append(rest)
+        self._complete()
 
     # -- the reader's side
 
@@ -307,7 +325,8 @@ class Pool:
 
     def release(self, conn: Connection, *, reuse: bool) -> None:
         """Put a connection back in the pool, or close it; either way its slot is free.
-        Releasing it again does nothing (it may be someone else's by then)."""
+        Call it once per :meth:`request` (:class:`~router.upstream.pool.UpstreamResponse` sees
+        to that): once reused, the connection is another request's."""
         if conn not in self._busy:
             return
         self._busy.discard(conn)
@@ -408,8 +427,9 @@ class Pool:
         origin = self.origin
         loop = asyncio.get_running_loop()
         transport, probe = await loop.create_connection(Connection, host, port)
-        lines = [f"CONNECT {origin.host}:{origin.port} HTTP/1.1",
-                 f"Host: {origin.host}:{origin.port}"]
+        target = f"[{origin.host}]:{origin.port}" if ":" in origin.host \
+            else f"{origin.host}:{origin.port}"
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
         if self._proxy_auth:
             lines.append(f"Proxy-Authorization: {self._proxy_auth}")
         probe.begin(head=True)  # a CONNECT answer has no body
@@ -426,6 +446,7 @@ class Pool:
             transport.close()
             raise
         if tls is None:
+            transport.close()
             raise UpstreamUnavailable("upstream unreachable: TLS through the proxy failed")
         conn.connection_made(tls)
         return conn

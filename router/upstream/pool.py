@@ -40,14 +40,23 @@ _NOT_RELAYED = frozenset(name.encode("latin-1") for name in _HOP_BY_HOP | {"cont
 class UpstreamResponse:
     """One upstream answer, its status line in hand and its body still to read."""
 
-    __slots__ = ("_body", "_conn", "_headers", "_pool", "status")
+    __slots__ = ("_body", "_conn", "_decoded", "_headers", "_pool", "_raw", "status")
 
     def __init__(self, conn: Connection, pool: Pool) -> None:
-        self._conn = conn
+        self._conn: Connection | None = conn
+        """None once finished: the connection may be another request's by then."""
         self._pool = pool
         self._body: bytes | None = None
         self._headers: Mapping[str, str] | None = None
+        self._raw = conn.raw_headers  # this answer's own list: the next answer gets a new one
+        self._decoded = conn.decoded
         self.status = conn.status
+
+    def __del__(self) -> None:
+        # A safety net, as aiohttp's responses have: an answer dropped unfinished (a task
+        # cancelled between attempts) must not hold its pool slot for ever.
+        if self._conn is not None and not self._pool.closed:
+            self._pool.release(self._conn, reuse=False)
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -55,12 +64,12 @@ class UpstreamResponse:
         if self._headers is None:
             # Built on demand: only error answers need more than the two :meth:`header` finds.
             self._headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                             for k, v in reversed(self._conn.raw_headers)}
+                             for k, v in reversed(self._raw)}
         return self._headers
 
     def header(self, name: bytes) -> str | None:
         """The first value of the header ``name`` (lower-case), or None."""
-        for key, value in self._conn.raw_headers:
+        for key, value in self._raw:
             if key.lower() == name:
                 return value.decode("latin-1")
         return None
@@ -79,7 +88,7 @@ class UpstreamResponse:
         """
         if self._body is None:
             parts = []
-            while chunk := await self._conn.chunk():
+            while chunk := await self.chunk():
                 parts.append(chunk)
             self._body = b"".join(parts)
         return self._body
@@ -90,6 +99,8 @@ class UpstreamResponse:
         Raises:
             UpstreamUnavailable: the body broke off.
         """
+        if self._conn is None:
+            raise UpstreamUnavailable("upstream answer already finished")
         return await self._conn.chunk()
 
     def relayed_headers(self, extra: Iterable[tuple[str, str]], *, stream: bool
@@ -98,11 +109,16 @@ class UpstreamResponse:
         ``x-should-retry`` of the proxy's), which replace any upstream header of the same name."""
         added = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra]
         replaced = {k for k, _ in added}
-        decoded = self._conn.decoded
+        decoded = self._decoded
+        dropped = _NOT_RELAYED
+        for name, value in self._raw:
+            if name.lower() == b"connection":
+                # Headers the upstream's Connection header names are hop-by-hop too.
+                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
         out: list[tuple[bytes, bytes]] = []
-        for name, value in self._conn.raw_headers:
+        for name, value in self._raw:
             lname = name.lower()
-            if lname in replaced or lname in _NOT_RELAYED:
+            if lname in replaced or lname in dropped:
                 continue
             if (stream and lname == b"cache-control") or (decoded
                                                            and lname == b"content-encoding"):
@@ -117,8 +133,10 @@ class UpstreamResponse:
 
     def finish(self, *, reuse: bool) -> None:
         """Return the connection to the pool (the body was read to its end), or drop it so the
-        upstream stops generating."""
-        self._pool.release(self._conn, reuse=reuse)
+        upstream stops generating. Only the first call counts."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn, reuse=reuse)
 
 
 class Upstream:
