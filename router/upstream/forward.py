@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from router.body import with_model
 from router.config import Config, Tier
 from router.errors import UpstreamTimeout, UpstreamUnavailable
@@ -46,9 +48,8 @@ ModelPricer = Callable[[str, Usage], Decimal | None]
 """Prices usage on a model (for ``x-router-cost-usd``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One request to forward, with the models it may go to."""
+class Call(msgspec.Struct, frozen=True):
+    """One request to forward, with the models it may go to (a Struct: one per request)."""
 
     method: str
     path_qs: str
@@ -61,13 +62,13 @@ class Call:
     """The chosen model, then its fallbacks; ``(None,)`` when nothing is routed."""
     extra_headers: Callable[[str | None], list[tuple[str, str]]]
     """The x-router-* headers for an answer from a given model."""
-    reporting: Reporting = field(default_factory=Reporting)
+    reporting: Reporting = msgspec.field(default_factory=Reporting)
     """What to read from, and change in, a successful answer."""
     reroute: Reroute | None = None
     """Where to send the client's own request if the routed model refuses it (a 400)."""
     within: float | None = None
     """Seconds the whole call may take, when shorter than the configured total."""
-    shape: Shape = field(default_factory=Shape)
+    shape: Shape = msgspec.field(default_factory=Shape)
     """Size and kind of the request, which the waits are fitted to."""
 
 

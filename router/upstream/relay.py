@@ -83,8 +83,7 @@ class Outcome:
     """The routed model that refused the request (400) before it went to the requested one."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reporting:
+class Reporting(msgspec.Struct, frozen=True):
     """What the relay reads from, and changes in, a successful answer."""
 
     model: str | None = None

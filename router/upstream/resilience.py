@@ -15,6 +15,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import msgspec
+
 from router.config import BreakerConfig, RetryBudgetConfig, RetryConfig, TimeoutsConfig
 from router.errors import Overloaded
 
@@ -87,8 +89,7 @@ def earliest(*limits: float | None) -> float | None:
     return min(given) if given else None
 
 
-@dataclass(frozen=True, slots=True)
-class Shape:
+class Shape(msgspec.Struct, frozen=True):
     """What the waits depend on: the request's size and whether its stream may pause."""
 
     input_tokens: int = 0
@@ -98,8 +99,7 @@ class Shape:
     """Thinking or tools: the API may go quiet between blocks, pinging, for a long while."""
 
 
-@dataclass(frozen=True, slots=True)
-class Waits:
+class Waits(msgspec.Struct, frozen=True):
     """Seconds to wait on one upstream attempt (None: no limit)."""
 
     connect: float | None
