@@ -9,10 +9,12 @@ server, a forward proxy), so the client is held to the bytes, not to a mock.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import socket
 import ssl
 import struct
+import threading
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -496,6 +498,30 @@ def test_an_answer_finished_twice_leaves_the_next_answer_on_its_connection_alone
             assert await second.read() == b"{}" and second.header(b"request-id") == "req_1"
             second.finish(reuse=True)
             assert len(opened) == 1 and pool.counts() == (0, 1)
+            await pool.close()
+
+    asyncio.run(main())
+
+
+def test_an_answer_dropped_unfinished_gives_its_slot_back_even_if_collected_elsewhere() -> None:
+    async def main() -> None:
+        async with serving(keep_answering) as (url, _):
+            pool = pool_for(url, limit=1)
+            dropped = UpstreamResponse(
+                await pool.request("POST", "/v1/messages", HEADERS, BODY, connect=5), pool)
+            assert pool.counts() == (1, 0)
+            # Collected in another thread, as a garbage collection run by the ledger's writer
+            # would: the release must still happen on the pool's own loop.
+            holder = [dropped]
+            del dropped
+            collector = threading.Thread(target=holder.clear)
+            collector.start()
+            collector.join()
+            gc.collect()
+            await asyncio.sleep(0.05)
+            assert pool.counts()[0] == 0
+            # The one slot is free again: the next request is served, not queued for ever.
+            assert (await asyncio.wait_for(body_of(pool), 5))[:2] == (200, b'{"ok":true}')
             await pool.close()
 
     asyncio.run(main())

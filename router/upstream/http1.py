@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
+import functools
 import socket
 import ssl
 import sys
@@ -293,6 +295,8 @@ class Pool:
         self._busy: set[Connection] = set()
         self._opening = 0
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop the connections live on (known from the first connect)."""
         self._tls = ssl.create_default_context() if origin.tls else None
         proxy = origin.proxy
         self._absolute = proxy is not None and not origin.tls
@@ -336,6 +340,16 @@ class Pool:
         else:
             conn.close()
         self._wake_one()
+
+    def release_soon(self, conn: Connection) -> None:
+        """Close a connection and free its slot from any thread (a garbage collector's may
+        run in the ledger's or the token counter's): the work is done on the pool's loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        # RuntimeError: the loop closed meanwhile, and the connection with it.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(functools.partial(self.release, conn, reuse=False))
 
     async def close(self) -> None:
         """Close every connection; waiters get :class:`UpstreamUnavailable`."""
@@ -405,7 +419,7 @@ class Pool:
 
     async def _connect(self, timeout: float | None) -> Connection:
         origin = self.origin
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         host, port = (origin.proxy[0], origin.proxy[1]) if origin.proxy else (origin.host,
                                                                                 origin.port)
         try:

@@ -54,9 +54,10 @@ class UpstreamResponse:
 
     def __del__(self) -> None:
         # A safety net, as aiohttp's responses have: an answer dropped unfinished (a task
-        # cancelled between attempts) must not hold its pool slot for ever.
+        # cancelled between attempts) must not hold its pool slot for ever. The collector may
+        # run in another thread: the release itself happens on the pool's loop.
         if self._conn is not None and not self._pool.closed:
-            self._pool.release(self._conn, reuse=False)
+            self._pool.release_soon(self._conn)
 
     @property
     def headers(self) -> Mapping[str, str]:
