@@ -251,8 +251,10 @@ class Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """Whether the answer was read to its end on a connection the server keeps open."""
+        # Read to its last byte, too: a connection whose reading was paused for a slow reader
+        # would never hear the next answer.
         return (self.complete and self.error is None and not self.closed and not self._head
-                and self._keep_alive)
+                and self._keep_alive and not self._chunks and not self._paused)
 
     def close(self) -> None:
         """Close the connection: the upstream stops generating."""
