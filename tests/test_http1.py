@@ -525,3 +525,27 @@ def test_an_answer_dropped_unfinished_gives_its_slot_back_even_if_collected_else
             await pool.close()
 
     asyncio.run(main())
+
+
+def test_an_idle_connection_that_hears_unasked_bytes_is_not_reused() -> None:
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if await read_request(reader) is None:
+            return
+        writer.write(answer(b'{"n":1}'))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        # What some servers send on a keep-alive connection left idle, before closing it.
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await read_request(reader)
+
+    async def main() -> None:
+        async with serving(chatty) as (url, opened):
+            pool = pool_for(url)
+            assert (await body_of(pool))[:2] == (200, b'{"n":1}')
+            await asyncio.sleep(0.2)
+            assert (await body_of(pool))[:2] == (200, b'{"n":1}')  # not the stray 408
+            assert len(opened) == 2
+            await pool.close()
+
+    asyncio.run(main())

@@ -132,6 +132,11 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.complete:
+            # Bytes nobody asked for (a server's 408 on an idle connection, say): the parser
+            # would take them for the start of the next answer. The connection is spent.
+            self.close()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
