@@ -176,6 +176,16 @@ def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[start:start + size]
 
 
+class _Pending:
+    """The rows of one turn's writes, and the writers waiting for their commit."""
+
+    __slots__ = ("rows", "waiters")
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[bytes, float]] = {}
+        self.waiters: list[asyncio.Future[None]] = []
+
+
 class SqliteStore:
     """Keys in one SQLite file, expiring on the wall clock so that every process and restart
     agrees on what is live."""
@@ -193,6 +203,8 @@ class SqliteStore:
         self._next_checkpoint = 0.0
         self._next_purge = time.monotonic()
         self._maintenance: asyncio.Future[None] | None = None
+        self._pending: _Pending | None = None
+        """Rows written in this turn of the loop, not yet committed."""
         self._cache: dict[str, tuple[bytes, float]] = {}
         """Values this worker read or wrote, with their expiry, as of ``_version``."""
         self._version: int | None = None
@@ -221,12 +233,43 @@ class SqliteStore:
         if not items:
             return
         expires = self._clock() + ttl_milliseconds(ttl_seconds) / 1000
-        rows = [(key, bytes(value), expires) for key, value in items.items()]
+        loop = asyncio.get_running_loop()
+        pending = self._pending
+        if pending is None:
+            # The writes of every request that finishes in this turn of the loop go in one
+            # transaction, at the end of the turn: a commit (a WAL append under a file lock)
+            # costs the same for one key as for fifty.
+            pending = self._pending = _Pending()
+            loop.call_soon(self._write_pending)
+        for key, value in items.items():
+            pending.rows[key] = (bytes(value), expires)  # a later write of a key wins
+        done = loop.create_future()
+        pending.waiters.append(done)
+        await done
+
+    def _write_pending(self) -> None:
+        """Write the turn's pending rows, then tell each writer how it went."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            self._write([(key, value, expires)
+                         for key, (value, expires) in pending.rows.items()])
+        except Exception as err:  # every writer hears of it: none may wait for ever
+            for waiter in pending.waiters:
+                if not waiter.done():
+                    waiter.set_exception(err)
+            return
+        for waiter in pending.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _write(self, rows: list[tuple[str, bytes, float]]) -> None:
         # The version last checked: if it still holds after the write, no other connection
         # committed since the cache was last known good, the write included.
         before = self._version
         # Forgotten first: whatever fails from here on, the file says what they hold.
-        self._forget(items)
+        self._forget(key for key, _, _ in rows)
         if len(rows) <= CHUNK:
             self._run(self._fetch, _upsert_sql(len(rows)), [f for row in rows for f in row])
         else:
@@ -234,7 +277,7 @@ class SqliteStore:
         self._cached()
         if self._version == before:
             # No other commit came between: what we wrote is what the file holds.
-            for key, value, _ in rows:
+            for key, value, expires in rows:
                 self._remember(key, value, expires)
         self._after_write()
 
@@ -295,6 +338,7 @@ class SqliteStore:
         return self
 
     async def close(self) -> None:
+        self._write_pending()  # nothing written is left behind
         if self._maintenance is not None:
             await asyncio.wait([self._maintenance])
         self._db.close()
