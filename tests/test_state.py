@@ -397,6 +397,36 @@ def test_a_worker_reads_what_another_wrote_after_it_last_read(tmp_path: Path) ->
     run(main())
 
 
+def test_sqlite_writes_of_one_loop_turn_commit_together_and_each_writer_hears(
+        tmp_path: Path) -> None:
+    """Requests finishing at once write in one transaction; each gets its own value back, a
+    later write of a key wins, another worker sees all of it, and a failed commit reaches every
+    writer of that turn (none waits for ever)."""
+    async def main() -> None:
+        a = open_sqlite(tmp_path, max_keys=1000, lock_timeout=0.2)
+        b = open_sqlite(tmp_path, max_keys=1000, lock_timeout=0.2)
+        before = a._db.total_changes
+        await asyncio.gather(*(a.set_many({f"conv:{i}": b"v%d" % i, "shared": b"%d" % i}, 60)
+                               for i in range(20)))
+        # One upsert statement for the turn: 21 rows changed, by one commit.
+        assert a._db.total_changes - before == 21
+        assert await b.get_many([f"conv:{i}" for i in range(20)]) == [
+            b"v%d" % i for i in range(20)]
+        assert await b.get_many(["shared"]) == [b"19"]
+        holder = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        results = await asyncio.wait_for(asyncio.gather(
+            *(a.set_many({f"late:{i}": b"x"}, 60) for i in range(3)), return_exceptions=True),
+            5)
+        assert all(isinstance(r, StoreUnavailable) and "locked" in str(r) for r in results)
+        holder.execute("ROLLBACK")
+        holder.close()
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
 def test_sqlite_waits_for_a_held_lock_only_up_to_the_timeout(tmp_path: Path) -> None:
     """Another process holding the write lock makes a call wait at most ``lock_timeout``; then it is
     served from memory, told to on_fallback, and the next call uses the file again."""
