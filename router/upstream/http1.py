@@ -54,6 +54,9 @@ class Origin:
     port: int
     tls: bool
     host_header: str
+    """``Host``: the host, bracketed if IPv6, with the port unless it is the scheme's."""
+    authority: str
+    """``host:port`` as a ``CONNECT`` names it (bracketed if IPv6)."""
     proxy: tuple[str, int, str | None] | None = None
     """An HTTP proxy from the environment: host, port and its ``Proxy-Authorization``."""
 
@@ -72,9 +75,10 @@ def origin_of(base_url: str, *, trust_env: bool) -> Origin:
     # An internationalised name goes on the wire (Host, TLS name) in its ASCII form.
     host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode()
     shown = f"[{host}]" if ":" in host else host
-    host_header = shown if port == (443 if tls else 80) else f"{shown}:{port}"
+    authority = f"{shown}:{port}"
+    host_header = shown if port == (443 if tls else 80) else authority
     proxy = _proxy_for(parts.scheme, host) if trust_env else None
-    return Origin(host, port, tls, host_header, proxy)
+    return Origin(host, port, tls, host_header, authority, proxy)
 
 
 def _proxy_for(scheme: str, host: str) -> tuple[str, int, str | None] | None:
@@ -448,9 +452,7 @@ class Pool:
         origin = self.origin
         loop = asyncio.get_running_loop()
         transport, probe = await loop.create_connection(Connection, host, port)
-        target = f"[{origin.host}]:{origin.port}" if ":" in origin.host \
-            else f"{origin.host}:{origin.port}"
-        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        lines = [f"CONNECT {origin.authority} HTTP/1.1", f"Host: {origin.authority}"]
         if self._proxy_auth:
             lines.append(f"Proxy-Authorization: {self._proxy_auth}")
         probe.begin(head=True)  # a CONNECT answer has no body

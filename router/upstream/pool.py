@@ -37,6 +37,17 @@ _NOT_RELAYED = frozenset(name.encode("latin-1") for name in _HOP_BY_HOP | {"cont
 """As bytes: the answer's raw header names are checked against it, every request."""
 
 
+def _hop_by_hop(pairs: Iterable[tuple[bytes, bytes]], base: frozenset[bytes]
+                ) -> frozenset[bytes]:
+    """Return ``base`` plus the names a ``Connection`` header among ``pairs`` lists: those are
+    hop-by-hop too (RFC 9110 §7.6.1), whichever way the message goes."""
+    dropped = base
+    for name, value in pairs:
+        if name.lower() == b"connection":
+            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+    return dropped
+
+
 class UpstreamResponse:
     """One upstream answer, its status line in hand and its body still to read."""
 
@@ -111,11 +122,7 @@ class UpstreamResponse:
         added = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra]
         replaced = {k for k, _ in added}
         decoded = self._decoded
-        dropped = _NOT_RELAYED
-        for name, value in self._raw:
-            if name.lower() == b"connection":
-                # Headers the upstream's Connection header names are hop-by-hop too.
-                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+        dropped = _hop_by_hop(self._raw, _NOT_RELAYED)
         out: list[tuple[bytes, bytes]] = []
         for name, value in self._raw:
             lname = name.lower()
@@ -180,10 +187,7 @@ class Upstream:
         """Return the client's headers to send upstream: all but hop-by-hop ones, byte for byte
         as sent."""
         pairs = list(raw)
-        dropped = _NOT_FORWARDED
-        for name, value in pairs:
-            if name.lower() == b"connection":
-                dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+        dropped = _hop_by_hop(pairs, _NOT_FORWARDED)
         out = [(name, value) for name, value in pairs if name.lower() not in dropped]
         # Uncompressed answers let the proxy read usage and relay SSE without re-encoding.
         out.append((b"Accept-Encoding", b"identity"))
